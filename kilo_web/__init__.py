@@ -1,0 +1,1 @@
+"""kilo_web: a self-hostable real-time chat web app."""
