@@ -1,0 +1,307 @@
+"""EventServiceClient: one event-service socket shared by many consumers.
+
+Consumers subscribe and unsubscribe contexts independently; the client
+counts holders per context (``SubscriptionCounts``) and puts only the
+transitions on the wire: ``context.subscribe`` for 0 -> 1 and
+``context.unsubscribe`` for 1 -> 0, one frame per call. After every
+(re)connect it sends each context whose count is above zero exactly once.
+
+Invariant: ``_lock`` is held while a count changes and its frame is sent,
+and while the full set is sent on connect. So the wire sees the counts'
+transitions in order, and a context subscribed during a reconnect is sent
+either in the full set or as a diff afterwards, never both or neither.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from kilo_web.event_service import protocol
+from kilo_web.event_service.contexts import validate_context
+from kilo_web.event_service.protocol import Event
+from kilo_web.event_service.refcount import SubscriptionCounts
+
+logger = logging.getLogger(__name__)
+
+EventHandler = Callable[[Event], Awaitable[None] | None]
+ErrorHandler = Callable[[protocol.Error], Awaitable[None] | None]
+StateHandler = Callable[[str], Awaitable[None] | None]
+
+CONNECTED = "connected"
+DISCONNECTED = "disconnected"
+
+
+def backoff_delay(attempt: int, *, minimum: float, maximum: float) -> float:
+    """Return the delay before reconnect ``attempt`` (0-based): full jitter.
+
+    The cap grows as ``minimum * 2**attempt`` up to ``maximum``, and the delay
+    is drawn uniformly below it, so clients that lost the same server do not
+    come back in lockstep.
+    """
+    cap = min(maximum, minimum * (2 ** min(attempt, 32)))
+    return random.uniform(0, cap)
+
+
+async def _call(handler: Callable[..., Any], *args: Any) -> None:
+    result = handler(*args)
+    if inspect.isawaitable(result):
+        await result
+
+
+class EventServiceClient:
+    """Share one event-service socket among many consumers.
+
+    ``get_token`` is an async callable that returns a token; it is called for
+    every connect and reconnect. Handlers run one at a time in the reader
+    task, in arrival order, so a slow handler delays the events after it.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        get_token: Callable[[], Awaitable[str]],
+        *,
+        reconnect_min_seconds: float = 0.5,
+        reconnect_max_seconds: float = 30.0,
+        stable_after_seconds: float = 5.0,
+        max_frame_bytes: int = 2**20,
+        name: str | None = None,
+    ) -> None:
+        if reconnect_min_seconds <= 0 or reconnect_max_seconds < reconnect_min_seconds:
+            raise ValueError(
+                f"invalid backoff: reconnect_min_seconds={reconnect_min_seconds} must be "
+                f"above 0 and at most reconnect_max_seconds={reconnect_max_seconds}"
+            )
+        self.url = url
+        self.name = name or url
+        self._get_token = get_token
+        self._reconnect_min = reconnect_min_seconds
+        self._reconnect_max = reconnect_max_seconds
+        self._stable_after = stable_after_seconds
+        self._max_frame_bytes = max_frame_bytes
+
+        self._counts = SubscriptionCounts()
+        self._handlers: dict[str, list[EventHandler]] = {}
+        self._error_handlers: list[ErrorHandler] = []
+        self._state_handlers: list[StateHandler] = []
+
+        self._lock = asyncio.Lock()
+        self._socket: ClientConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._opened = asyncio.Event()
+        self._closing = False
+        self.connect_count = 0
+        """How many times a socket was opened; tests and status pages read it."""
+
+    # Properties -------------------------------------------------------------
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Each context with a count above zero, mapped to its count."""
+        return self._counts.snapshot()
+
+    @property
+    def connected(self) -> bool:
+        """Whether the socket is open now."""
+        return self._socket is not None
+
+    # Life cycle -------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Start the connection loop if needed and wait until the socket is open.
+
+        The loop reconnects with exponential backoff and full jitter until
+        ``close()``. Cancelling this call stops only the wait, not the loop.
+        Raises RuntimeError after ``close()``.
+        """
+        if self._closing:
+            raise RuntimeError(f"client {self.name} is closed; create a new one")
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"event-service {self.name}")
+        await self._opened.wait()
+
+    async def close(self) -> None:
+        """Close the socket and stop reconnecting. Safe to call more than once."""
+        self._closing = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            # gather() absorbs the task's own CancelledError but still raises
+            # if the caller of close() is cancelled.
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until the socket is open; raise TimeoutError after ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            await self._opened.wait()
+
+    # Subscriptions ----------------------------------------------------------
+
+    async def subscribe(self, contexts: Iterable[str]) -> None:
+        """Hold each context once more; send ``context.subscribe`` for those new.
+
+        Contexts are validated first, so a malformed one raises
+        InvalidContextError and changes no count.
+        """
+        contexts = self._validate(contexts)
+        async with self._lock:
+            started = self._counts.acquire(contexts)
+            if started:
+                await self._send_locked(protocol.Subscribe(contexts=tuple(started)))
+
+    async def unsubscribe(self, contexts: Iterable[str]) -> None:
+        """Hold each context once less; send ``context.unsubscribe`` for those released.
+
+        A context that is not held is ignored: no frame, no error.
+        """
+        contexts = list(contexts)
+        async with self._lock:
+            stopped = self._counts.release(contexts)
+            if stopped:
+                await self._send_locked(protocol.Unsubscribe(contexts=tuple(stopped)))
+
+    @staticmethod
+    def _validate(contexts: Iterable[str]) -> list[str]:
+        return [validate_context(context) for context in contexts]
+
+    async def _send_locked(self, frame: protocol.ClientFrame) -> None:
+        socket = self._socket
+        if socket is None:
+            return  # Sent with the full set on the next connect.
+        try:
+            await socket.send(protocol.encode(frame))
+        except ConnectionClosed:
+            # The reader task notices the close and reconnects; the counts
+            # already hold the change, so the full set carries it.
+            logger.info("%s: socket closed while sending %s", self.name, frame.type)
+
+    # Handlers ---------------------------------------------------------------
+
+    def on(self, event: str, handler: EventHandler) -> Callable[[], None]:
+        """Call ``handler`` for each event named ``event`` (``"*"``: every event).
+
+        Returns a function that removes the handler.
+        """
+        self._handlers.setdefault(event, []).append(handler)
+        return lambda: self.off(event, handler)
+
+    def off(self, event: str, handler: EventHandler) -> None:
+        """Remove a handler registered with ``on``; unknown handlers are ignored."""
+        handlers = self._handlers.get(event)
+        if handlers and handler in handlers:
+            handlers.remove(handler)
+            if not handlers:
+                del self._handlers[event]
+
+    def on_error(self, handler: ErrorHandler) -> Callable[[], None]:
+        """Call ``handler`` for each ``error`` frame; returns a remover."""
+        self._error_handlers.append(handler)
+        return lambda: self._error_handlers.remove(handler) if handler in self._error_handlers else None
+
+    def on_state_change(self, handler: StateHandler) -> Callable[[], None]:
+        """Call ``handler("connected")`` or ``handler("disconnected")``; returns a remover."""
+        self._state_handlers.append(handler)
+        return lambda: self._state_handlers.remove(handler) if handler in self._state_handlers else None
+
+    # Connection loop --------------------------------------------------------
+
+    async def _run(self) -> None:
+        attempt = 0
+        loop = asyncio.get_running_loop()
+        while not self._closing:
+            opened_at: float | None = None
+            try:
+                token = await self._get_token()
+                async with ws_connect(
+                    self.url,
+                    additional_headers={"Authorization": f"Bearer {token}"},
+                    max_size=self._max_frame_bytes,
+                ) as socket:
+                    opened_at = loop.time()
+                    await self._on_open(socket)
+                    await self._read(socket)
+            except asyncio.CancelledError:
+                raise
+            except InvalidStatus as exc:
+                logger.warning(
+                    "%s: server rejected the handshake with HTTP %s; retrying with a new token",
+                    self.name,
+                    exc.response.status_code,
+                )
+            except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as exc:
+                logger.info("%s: connection failed or lost: %r", self.name, exc)
+            except Exception:
+                # get_token() or a handler may raise anything; the loop must live on.
+                logger.exception("%s: unexpected error in the connection loop", self.name)
+            finally:
+                await self._on_close()
+
+            if self._closing:
+                break
+            if opened_at is not None and loop.time() - opened_at >= self._stable_after:
+                attempt = 0
+            delay = backoff_delay(attempt, minimum=self._reconnect_min, maximum=self._reconnect_max)
+            attempt += 1
+            logger.info("%s: reconnecting in %.2f s (attempt %d)", self.name, delay, attempt)
+            await asyncio.sleep(delay)
+
+    async def _on_open(self, socket: ClientConnection) -> None:
+        async with self._lock:
+            active = self._counts.active()
+            # One frame may carry at most MAX_CONTEXTS_PER_FRAME contexts.
+            step = protocol.MAX_CONTEXTS_PER_FRAME
+            for start in range(0, len(active), step):
+                await socket.send(protocol.encode(protocol.Subscribe(tuple(active[start : start + step]))))
+            self._socket = socket
+            self.connect_count += 1
+        self._opened.set()
+        logger.info("%s: connected, resubscribed %d contexts", self.name, len(active))
+        await self._notify_state(CONNECTED)
+
+    async def _on_close(self) -> None:
+        if self._socket is None:
+            return
+        async with self._lock:
+            self._socket = None
+        self._opened.clear()
+        await self._notify_state(DISCONNECTED)
+
+    async def _read(self, socket: ClientConnection) -> None:
+        async for message in socket:
+            try:
+                frame = protocol.parse_server_frame(message)
+            except protocol.ProtocolError as exc:
+                logger.warning("%s: ignoring malformed server frame: %s", self.name, exc.message)
+                continue
+            if isinstance(frame, Event):
+                await self._dispatch(frame)
+            elif isinstance(frame, protocol.Error):
+                logger.warning("%s: server error %s: %s", self.name, frame.code, frame.message)
+                for handler in list(self._error_handlers):
+                    await self._guarded(handler, frame)
+
+    async def _dispatch(self, event: Event) -> None:
+        for handler in [*self._handlers.get(event.event, ()), *self._handlers.get("*", ())]:
+            await self._guarded(handler, event)
+
+    async def _guarded(self, handler: Callable[..., Any], *args: Any) -> None:
+        try:
+            await _call(handler, *args)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A broken consumer must not silence the others.
+            logger.exception("%s: handler %r failed", self.name, handler)
+
+    async def _notify_state(self, state: str) -> None:
+        for handler in list(self._state_handlers):
+            await self._guarded(handler, state)
