@@ -35,6 +35,11 @@ KILO_RECONNECT_MAX_SECONDS     Cap of the SDK's exponential backoff.
 KILO_TAB_GRACE_SECONDS         How long a browser tab's event-service socket
                                outlives the tab's Reflex socket, so that a
                                reload reuses it. Default 10.
+KILO_RELEASE_DELAY_SECONDS     How long a tab's event-service socket keeps a
+                               context after the page released it, so that a
+                               component mounted again at once (React
+                               StrictMode, a page change) claims it back with
+                               no unsubscribe and subscribe. Default 1.
 KILO_SEED_DEMO                 ``1`` seeds demo users, an instance and a
                                conversation into an empty database at set-up.
                                Default 1.
@@ -136,6 +141,7 @@ class Settings:
     reconnect_min_seconds: float = 0.5
     reconnect_max_seconds: float = 30.0
     tab_grace_seconds: float = 10.0
+    release_delay_seconds: float = 1.0
     seed_demo: bool = True
     log_level: str = "INFO"
 
@@ -181,6 +187,7 @@ class Settings:
             reconnect_min_seconds=_env_float("KILO_RECONNECT_MIN_SECONDS", 0.5, minimum=0.01),
             reconnect_max_seconds=_env_float("KILO_RECONNECT_MAX_SECONDS", 30.0, minimum=0.01),
             tab_grace_seconds=_env_float("KILO_TAB_GRACE_SECONDS", 10.0),
+            release_delay_seconds=_env_float("KILO_RELEASE_DELAY_SECONDS", 1.0),
             seed_demo=_env_bool("KILO_SEED_DEMO", True),
             log_level=_env_str("KILO_LOG_LEVEL", "INFO").upper(),
         )

@@ -13,7 +13,7 @@ import pytest_asyncio
 from kilo_web.event_service import EventServiceClient, EventServiceServer, mint_token
 from kilo_web.event_service import protocol
 
-SECRET = "test-secret-" + "x" * 40
+SECRET = "test-secret-" + "x" * 60
 
 
 async def eventually(

@@ -1,0 +1,26 @@
+"""The interface through which the chat service fans out realtime events.
+
+The chat service never talks to sockets itself: after a write commits it
+hands the event to a ``Publisher``, which delivers it to every subscriber of
+the context (the in-memory or Redis backplane of the event service).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+MESSAGE_CREATED_EVENT = "message.created"
+"""Event name published to a conversation's context after a message is committed."""
+
+
+@runtime_checkable
+class Publisher(Protocol):
+    """Anything that delivers an event to the subscribers of a context."""
+
+    async def publish(self, context: str, event: str, data: dict[str, Any]) -> None:
+        """Deliver ``event`` with JSON-serialisable ``data`` to subscribers of ``context``.
+
+        An exception means the event was not delivered. The chat service logs
+        it and keeps the committed write, so implementations need not retry.
+        """
+        ...

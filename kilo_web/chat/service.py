@@ -1,0 +1,543 @@
+"""Chat operations: instances, conversations, members and messages.
+
+Every function takes a ``sqlmodel.Session`` (``rx.session()`` in the Reflex
+app) and refers to users by ``UserProfile.id``. Functions that write commit
+their own transaction before they return, and roll it back on failure.
+
+``post_message`` is the one coroutine: after the message is committed it
+publishes ``message.created`` to the conversation's context through a
+``Publisher``. A failed publish is logged and never undoes the message.
+
+NOTE: the database calls are synchronous, so inside ``post_message`` they
+block the event loop for the duration of the insert and commit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from kilo_web.chat.content import validate_blocks
+from kilo_web.chat.errors import (
+    AlreadyExistsError,
+    ConversationNotFoundError,
+    InstanceNotFoundError,
+    InvalidIdError,
+    InvalidLimitError,
+    InvalidNameError,
+    NotAMemberError,
+    UserNotFoundError,
+)
+from kilo_web.chat.models import (
+    ID_MAX_LENGTH,
+    LABEL_MAX_LENGTH,
+    Conversation,
+    ConversationMember,
+    Instance,
+    InstanceMember,
+    LocalUser,
+    Message,
+    UserProfile,
+    utc_now,
+)
+from kilo_web.chat.publisher import MESSAGE_CREATED_EVENT, Publisher
+from kilo_web.event_service.contexts import kiloclaw_conversation_context
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PAGE_SIZE = 50
+"""Number of messages ``list_messages`` returns when no limit is given."""
+
+MAX_PAGE_SIZE = 200
+"""Largest ``limit`` that ``list_messages`` accepts."""
+
+_ID_PATTERN = re.compile(rf"[A-Za-z0-9-]{{1,{ID_MAX_LENGTH}}}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MessageView:
+    """A committed message with its sender's display name, detached from any session."""
+
+    id: int
+    conversation_id: str
+    instance_id: str
+    seq: int
+    sender_id: int
+    sender_display_name: str
+    sender_is_bot: bool
+    blocks: tuple[dict[str, str], ...]
+    created_at: datetime.datetime
+
+    def to_event_data(self) -> dict[str, Any]:
+        """Return the JSON payload of the ``message.created`` event."""
+        return {
+            "messageId": self.id,
+            "conversationId": self.conversation_id,
+            "instanceId": self.instance_id,
+            "seq": self.seq,
+            "senderId": self.sender_id,
+            "senderDisplayName": self.sender_display_name,
+            "senderIsBot": self.sender_is_bot,
+            "blocks": [dict(block) for block in self.blocks],
+            "createdAt": self.created_at.isoformat(),
+        }
+
+
+# Validation helpers
+
+
+def new_id() -> str:
+    """Return a fresh random id for an instance or conversation (32 hex digits)."""
+    return uuid.uuid4().hex
+
+
+def _check_id(kind: str, value: object) -> str:
+    if not isinstance(value, str) or not _ID_PATTERN.fullmatch(value):
+        raise InvalidIdError(
+            f"invalid {kind} id {value!r}: use 1 to {ID_MAX_LENGTH} letters, digits or '-'"
+        )
+    return value
+
+
+def _clean_label(kind: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise InvalidNameError(f"{kind} must be a string, got {type(value).__name__}")
+    cleaned = value.strip()
+    if not cleaned:
+        raise InvalidNameError(f"{kind} is empty; give it at least one visible character")
+    if len(cleaned) > LABEL_MAX_LENGTH:
+        raise InvalidNameError(
+            f"{kind} is {len(cleaned)} characters long; the maximum is {LABEL_MAX_LENGTH}"
+        )
+    return cleaned
+
+
+def _check_limit(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise InvalidLimitError(f"limit must be an integer, got {type(limit).__name__}")
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise InvalidLimitError(f"limit {limit} is out of range; use 1 to {MAX_PAGE_SIZE}")
+    return limit
+
+
+def _check_seq_bound(name: str, value: int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidLimitError(f"{name} must be a non-negative integer, got {value!r}")
+    return value
+
+
+# Lookups
+
+
+def get_user(session: Session, user_id: int) -> UserProfile:
+    """Return the profile with id ``user_id`` or raise UserNotFoundError."""
+    profile = session.get(UserProfile, user_id)
+    if profile is None:
+        raise UserNotFoundError(f"user {user_id!r} not found")
+    return profile
+
+
+def find_user_by_username(session: Session, username: str) -> UserProfile | None:
+    """Return the profile of the account named ``username`` (case-sensitive), or None."""
+    statement = (
+        select(UserProfile)
+        .join(LocalUser, LocalUser.id == UserProfile.local_user_id)
+        .where(LocalUser.username == username)
+    )
+    return session.exec(statement).first()
+
+
+def get_instance(session: Session, instance_id: str) -> Instance:
+    """Return the instance with id ``instance_id`` or raise InstanceNotFoundError."""
+    instance = session.get(Instance, instance_id)
+    if instance is None:
+        raise InstanceNotFoundError(f"instance {instance_id!r} not found")
+    return instance
+
+
+def get_conversation(session: Session, conversation_id: str) -> Conversation:
+    """Return the conversation with id ``conversation_id`` or raise ConversationNotFoundError."""
+    conversation = session.get(Conversation, conversation_id)
+    if conversation is None:
+        raise ConversationNotFoundError(f"conversation {conversation_id!r} not found")
+    return conversation
+
+
+def is_instance_member(session: Session, instance_id: str, user_id: int) -> bool:
+    """Tell whether ``user_id`` is a member of the instance ``instance_id``."""
+    return session.get(InstanceMember, (instance_id, user_id)) is not None
+
+
+def is_conversation_member(session: Session, conversation_id: str, user_id: int) -> bool:
+    """Tell whether ``user_id`` is a member of the conversation ``conversation_id``."""
+    return session.get(ConversationMember, (conversation_id, user_id)) is not None
+
+
+def require_conversation_member(session: Session, conversation_id: str, user_id: int) -> None:
+    """Raise NotAMemberError unless ``user_id`` is a member of the conversation."""
+    if not is_conversation_member(session, conversation_id, user_id):
+        raise NotAMemberError(
+            f"user {user_id} is not a member of conversation {conversation_id!r}"
+        )
+
+
+def list_instances_for_user(session: Session, user_id: int) -> list[Instance]:
+    """Return the instances ``user_id`` is a member of, ordered by label then id."""
+    statement = (
+        select(Instance)
+        .join(InstanceMember, InstanceMember.instance_id == Instance.id)
+        .where(InstanceMember.user_id == user_id)
+        .order_by(Instance.label, Instance.id)
+    )
+    return list(session.exec(statement).all())
+
+
+def list_conversations_for_user(
+    session: Session, user_id: int, *, instance_id: str | None = None
+) -> list[Conversation]:
+    """Return the conversations ``user_id`` is a member of, ordered by title then id.
+
+    With ``instance_id``, only the conversations of that instance.
+    """
+    statement = (
+        select(Conversation)
+        .join(ConversationMember, ConversationMember.conversation_id == Conversation.id)
+        .where(ConversationMember.user_id == user_id)
+    )
+    if instance_id is not None:
+        statement = statement.where(Conversation.instance_id == instance_id)
+    statement = statement.order_by(Conversation.title, Conversation.id)
+    return list(session.exec(statement).all())
+
+
+def list_members(session: Session, conversation_id: str) -> list[UserProfile]:
+    """Return the members of a conversation, ordered by display name then id.
+
+    Raises ConversationNotFoundError for an unknown conversation.
+    """
+    get_conversation(session, conversation_id)
+    statement = (
+        select(UserProfile)
+        .join(ConversationMember, ConversationMember.user_id == UserProfile.id)
+        .where(ConversationMember.conversation_id == conversation_id)
+        .order_by(UserProfile.display_name, UserProfile.id)
+    )
+    return list(session.exec(statement).all())
+
+
+def list_instance_members(session: Session, instance_id: str) -> list[UserProfile]:
+    """Return the members of an instance, ordered by display name then id.
+
+    Raises InstanceNotFoundError for an unknown instance.
+    """
+    get_instance(session, instance_id)
+    statement = (
+        select(UserProfile)
+        .join(InstanceMember, InstanceMember.user_id == UserProfile.id)
+        .where(InstanceMember.instance_id == instance_id)
+        .order_by(UserProfile.display_name, UserProfile.id)
+    )
+    return list(session.exec(statement).all())
+
+
+# Writes
+
+
+def _commit(session: Session, conflict_message: str) -> None:
+    """Commit, turning a unique-key violation into AlreadyExistsError."""
+    try:
+        session.commit()
+    except sa.exc.IntegrityError as error:
+        session.rollback()
+        raise AlreadyExistsError(conflict_message) from error
+    except BaseException:
+        session.rollback()
+        raise
+
+
+def create_instance(
+    session: Session, *, owner_id: int, label: str, instance_id: str | None = None
+) -> Instance:
+    """Create an instance owned by ``owner_id`` and make the owner its first member.
+
+    ``instance_id`` defaults to ``new_id()``. Raises InvalidIdError,
+    InvalidNameError, UserNotFoundError, or AlreadyExistsError when the id is taken.
+    """
+    instance_id = _check_id("instance", instance_id if instance_id is not None else new_id())
+    label = _clean_label("instance label", label)
+    get_user(session, owner_id)
+    if session.get(Instance, instance_id) is not None:
+        raise AlreadyExistsError(f"instance {instance_id!r} already exists; choose another id")
+
+    instance = Instance(id=instance_id, label=label, owner_id=owner_id)
+    session.add(instance)
+    session.add(InstanceMember(instance_id=instance_id, user_id=owner_id))
+    _commit(session, f"instance {instance_id!r} already exists; choose another id")
+    session.refresh(instance)
+    logger.info("created instance %s owned by user %s", instance_id, owner_id)
+    return instance
+
+
+def add_instance_member(session: Session, *, instance_id: str, user_id: int) -> bool:
+    """Add ``user_id`` to an instance; return False if they were already a member.
+
+    Raises InstanceNotFoundError or UserNotFoundError for unknown ids.
+    """
+    get_instance(session, instance_id)
+    get_user(session, user_id)
+    if is_instance_member(session, instance_id, user_id):
+        return False
+    session.add(InstanceMember(instance_id=instance_id, user_id=user_id))
+    try:
+        session.commit()
+    except sa.exc.IntegrityError:
+        # A concurrent request added the same member between the check and the insert.
+        session.rollback()
+        return False
+    logger.info("added user %s to instance %s", user_id, instance_id)
+    return True
+
+
+def create_conversation(
+    session: Session,
+    *,
+    instance_id: str,
+    title: str,
+    creator_id: int,
+    member_ids: Iterable[int] = (),
+    conversation_id: str | None = None,
+) -> Conversation:
+    """Create a conversation in an instance, with the creator and ``member_ids`` as members.
+
+    The creator must already be a member of the instance; the other members
+    are added to the instance if they are not in it yet. Raises
+    InvalidIdError, InvalidNameError, InstanceNotFoundError,
+    UserNotFoundError, NotAMemberError, or AlreadyExistsError when the id is taken.
+    """
+    conversation_id = _check_id(
+        "conversation", conversation_id if conversation_id is not None else new_id()
+    )
+    title = _clean_label("conversation title", title)
+    get_instance(session, instance_id)
+    get_user(session, creator_id)
+    if not is_instance_member(session, instance_id, creator_id):
+        raise NotAMemberError(
+            f"user {creator_id} is not a member of instance {instance_id!r}; "
+            "add them to the instance before they create a conversation"
+        )
+    if session.get(Conversation, conversation_id) is not None:
+        raise AlreadyExistsError(
+            f"conversation {conversation_id!r} already exists; choose another id"
+        )
+
+    all_member_ids = [creator_id]
+    for member_id in member_ids:
+        if member_id not in all_member_ids:
+            get_user(session, member_id)
+            all_member_ids.append(member_id)
+
+    conversation = Conversation(id=conversation_id, instance_id=instance_id, title=title)
+    session.add(conversation)
+    for member_id in all_member_ids:
+        if not is_instance_member(session, instance_id, member_id):
+            session.add(InstanceMember(instance_id=instance_id, user_id=member_id))
+        session.add(ConversationMember(conversation_id=conversation_id, user_id=member_id))
+    _commit(session, f"conversation {conversation_id!r} already exists; choose another id")
+    session.refresh(conversation)
+    logger.info(
+        "created conversation %s in instance %s with %d members",
+        conversation_id,
+        instance_id,
+        len(all_member_ids),
+    )
+    return conversation
+
+
+def add_conversation_member(session: Session, *, conversation_id: str, user_id: int) -> bool:
+    """Add ``user_id`` to a conversation and to its instance; return False if already a member.
+
+    Raises ConversationNotFoundError or UserNotFoundError for unknown ids.
+    """
+    conversation = get_conversation(session, conversation_id)
+    get_user(session, user_id)
+    if is_conversation_member(session, conversation_id, user_id):
+        return False
+
+    if not is_instance_member(session, conversation.instance_id, user_id):
+        session.add(InstanceMember(instance_id=conversation.instance_id, user_id=user_id))
+    session.add(ConversationMember(conversation_id=conversation_id, user_id=user_id))
+    try:
+        session.commit()
+    except sa.exc.IntegrityError:
+        # A concurrent request added the same membership between the check and the insert.
+        session.rollback()
+        if is_conversation_member(session, conversation_id, user_id):
+            return False
+        raise
+    logger.info("added user %s to conversation %s", user_id, conversation_id)
+    return True
+
+
+def create_message(
+    session: Session,
+    *,
+    conversation_id: str,
+    sender_id: int,
+    blocks: Sequence[dict[str, Any]],
+) -> MessageView:
+    """Validate, store and commit a message without publishing it.
+
+    Most callers want ``post_message``, which also fans the message out.
+    Raises an InvalidContentError subclass for bad ``blocks``,
+    ConversationNotFoundError, UserNotFoundError, or NotAMemberError when the
+    sender is not a member of the conversation.
+    """
+    cleaned_blocks = validate_blocks(blocks)
+    conversation = get_conversation(session, conversation_id)
+    instance_id = conversation.instance_id
+    sender = get_user(session, sender_id)
+    sender_display_name = sender.display_name
+    sender_is_bot = sender.is_bot
+    require_conversation_member(session, conversation_id, sender_id)
+
+    try:
+        # Incrementing the counter row takes a row lock on PostgreSQL and the
+        # write lock on SQLite, so concurrent posts get distinct numbers.
+        seq = session.exec(
+            sa.update(Conversation)
+            .where(Conversation.id == conversation_id)
+            .values(last_message_seq=Conversation.last_message_seq + 1)
+            .returning(Conversation.last_message_seq)
+        ).scalar_one()
+        message = Message(
+            conversation_id=conversation_id,
+            seq=seq,
+            sender_id=sender_id,
+            content=cleaned_blocks,
+            created_at=utc_now(),
+        )
+        session.add(message)
+        session.flush()
+        view = MessageView(
+            id=message.id,
+            conversation_id=conversation_id,
+            instance_id=instance_id,
+            seq=seq,
+            sender_id=sender_id,
+            sender_display_name=sender_display_name,
+            sender_is_bot=sender_is_bot,
+            blocks=tuple(cleaned_blocks),
+            created_at=message.created_at,
+        )
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    logger.debug(
+        "stored message %s (seq %s) in conversation %s from user %s",
+        view.id,
+        seq,
+        conversation_id,
+        sender_id,
+    )
+    return view
+
+
+async def post_message(
+    session: Session,
+    *,
+    conversation_id: str,
+    sender_id: int,
+    blocks: Sequence[dict[str, Any]],
+    publisher: Publisher,
+) -> MessageView:
+    """Store a message, commit it, then publish ``message.created`` to its conversation.
+
+    Raises the same errors as ``create_message``, all before anything is
+    written. A publish failure is logged with the message, conversation and
+    instance ids and swallowed, because the message is already committed
+    and subscribers can fetch it with ``list_messages``.
+    """
+    view = create_message(
+        session, conversation_id=conversation_id, sender_id=sender_id, blocks=blocks
+    )
+    try:
+        context = kiloclaw_conversation_context(view.instance_id, view.conversation_id)
+        await publisher.publish(context, MESSAGE_CREATED_EVENT, view.to_event_data())
+    except Exception:
+        # Any publisher failure is caught: the write has succeeded and must be
+        # reported as such; cancellation (BaseException) still propagates.
+        logger.exception(
+            "failed to publish %s for message %s in conversation %s of instance %s",
+            MESSAGE_CREATED_EVENT,
+            view.id,
+            view.conversation_id,
+            view.instance_id,
+        )
+    return view
+
+
+def list_messages(
+    session: Session,
+    conversation_id: str,
+    *,
+    limit: int = DEFAULT_PAGE_SIZE,
+    before_seq: int | None = None,
+    after_seq: int | None = None,
+    viewer_id: int | None = None,
+) -> list[MessageView]:
+    """Return up to ``limit`` messages of a conversation in ascending ``seq`` order.
+
+    Without bounds it returns the newest page. ``before_seq`` pages back
+    through history, to messages with a smaller seq. ``after_seq`` returns
+    the oldest messages after a seq the caller already has, which is how a
+    client catches up after a reconnect. With ``viewer_id``, raises NotAMemberError unless that
+    user is a member. Raises InvalidLimitError for a bad limit or bound and
+    ConversationNotFoundError for an unknown conversation.
+    """
+    limit = _check_limit(limit)
+    before_seq = _check_seq_bound("before_seq", before_seq)
+    after_seq = _check_seq_bound("after_seq", after_seq)
+    conversation = get_conversation(session, conversation_id)
+    if viewer_id is not None:
+        require_conversation_member(session, conversation_id, viewer_id)
+
+    statement = (
+        select(Message, UserProfile.display_name, UserProfile.is_bot)
+        .join(UserProfile, UserProfile.id == Message.sender_id)
+        .where(Message.conversation_id == conversation_id)
+    )
+    if before_seq is not None:
+        statement = statement.where(Message.seq < before_seq)
+    if after_seq is not None:
+        statement = statement.where(Message.seq > after_seq).order_by(Message.seq.asc())
+    else:
+        statement = statement.order_by(Message.seq.desc())
+    rows = list(session.exec(statement.limit(limit)).all())
+    if after_seq is None:
+        rows.reverse()
+
+    return [
+        MessageView(
+            id=message.id,
+            conversation_id=conversation_id,
+            instance_id=conversation.instance_id,
+            seq=message.seq,
+            sender_id=message.sender_id,
+            sender_display_name=display_name,
+            sender_is_bot=is_bot,
+            blocks=tuple(message.content),
+            created_at=message.created_at,
+        )
+        for message, display_name, is_bot in rows
+    ]

@@ -1,0 +1,40 @@
+"""The kilo_web Reflex app: pages, the app shell and the embedded event service."""
+
+from __future__ import annotations
+
+import logging
+
+import reflex as rx
+import reflex_local_auth
+
+from kilo_web.accounts.pages import login_page, register_page
+from kilo_web.accounts.state import current_profile_id
+from kilo_web.event_service.embedded import embedded_event_service
+from kilo_web.settings import get_settings
+from kilo_web.web.chat_state import ChatState
+from kilo_web.web.layout import kilo_chat_layout
+from kilo_web.web.shell import app_shell, install_app_shell
+
+logging.getLogger("kilo_web").setLevel(get_settings().log_level)
+
+
+def index() -> rx.Component:
+    """The chat page, for signed-in users only."""
+    return app_shell(kilo_chat_layout())
+
+
+app = rx.App()
+# The event service starts before the shell's tabs connect to it.
+app.register_lifespan_task(embedded_event_service)
+install_app_shell(app, resolve_user_id=current_profile_id)
+
+app.add_page(
+    reflex_local_auth.require_login(index),
+    route="/",
+    title="kilo_web",
+    on_load=ChatState.load,
+)
+app.add_page(login_page, route=reflex_local_auth.routes.LOGIN_ROUTE, title="Log in · kilo_web")
+app.add_page(
+    register_page, route=reflex_local_auth.routes.REGISTER_ROUTE, title="Sign up · kilo_web"
+)

@@ -1,0 +1,394 @@
+"""The chat page's state: instances, conversations, members and messages.
+
+Reads and writes go through ``kilo_web.chat.service``. Live messages arrive
+through the app shell: ``message.created`` events of the open conversation
+are merged into ``messages`` by id and kept in ``seq`` order, so an event
+that repeats a message already loaded from the database changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, TypedDict
+
+import reflex as rx
+import reflex_local_auth
+
+from kilo_web.accounts.state import current_profile_id
+from kilo_web.chat import service
+from kilo_web.chat.content import blocks_text, text_blocks
+from kilo_web.chat.errors import ChatError
+from kilo_web.event_service.contexts import (
+    kiloclaw_conversation_context,
+    kiloclaw_conversation_presence_context,
+    kiloclaw_instance_presence_context,
+)
+from kilo_web.event_service.embedded import get_backplane
+from kilo_web.event_service.protocol import Event
+from kilo_web.web.shell import add_event_handler
+
+logger = logging.getLogger(__name__)
+
+MESSAGE_PAGE_SIZE = 200
+"""How many of the newest messages the page loads when a conversation opens."""
+
+
+class InstanceItem(TypedDict):
+    id: str
+    label: str
+
+
+class ConversationItem(TypedDict):
+    id: str
+    title: str
+    instance_id: str
+
+
+class MemberItem(TypedDict):
+    id: int
+    display_name: str
+    is_bot: bool
+
+
+class MessageItem(TypedDict):
+    id: int
+    seq: int
+    sender_id: int
+    sender_name: str
+    sender_is_bot: bool
+    text: str
+    created_at: str
+
+
+def _message_item(
+    *,
+    message_id: int,
+    seq: int,
+    sender_id: int,
+    sender_name: str,
+    sender_is_bot: bool,
+    blocks: Any,
+    created_at: str,
+) -> MessageItem:
+    return MessageItem(
+        id=message_id,
+        seq=seq,
+        sender_id=sender_id,
+        sender_name=sender_name,
+        sender_is_bot=sender_is_bot,
+        text=blocks_text(blocks),
+        created_at=created_at,
+    )
+
+
+def _item_from_view(view: service.MessageView) -> MessageItem:
+    return _message_item(
+        message_id=view.id,
+        seq=view.seq,
+        sender_id=view.sender_id,
+        sender_name=view.sender_display_name,
+        sender_is_bot=view.sender_is_bot,
+        blocks=view.blocks,
+        created_at=view.created_at.isoformat(),
+    )
+
+
+def _item_from_event(data: dict[str, Any]) -> MessageItem:
+    return _message_item(
+        message_id=int(data["messageId"]),
+        seq=int(data["seq"]),
+        sender_id=int(data["senderId"]),
+        sender_name=str(data["senderDisplayName"]),
+        sender_is_bot=bool(data.get("senderIsBot", False)),
+        blocks=data["blocks"],
+        created_at=str(data["createdAt"]),
+    )
+
+
+def merge_messages(current: list[MessageItem], new: list[MessageItem]) -> list[MessageItem]:
+    """Merge ``new`` into ``current`` by message id and return them in ``seq`` order."""
+    by_id = {item["id"]: item for item in current}
+    for item in new:
+        by_id[item["id"]] = item
+    return sorted(by_id.values(), key=lambda item: item["seq"])
+
+
+class ChatState(reflex_local_auth.LocalAuthState):
+    """What the chat page shows for the signed-in user."""
+
+    instances: list[InstanceItem] = []
+    conversations: list[ConversationItem] = []
+    members: list[MemberItem] = []
+    messages: list[MessageItem] = []
+    selected_instance_id: str = ""
+    selected_conversation_id: str = ""
+    profile_id: int = -1
+    error_message: str = ""
+
+    @rx.var
+    def conversation_context(self) -> str:
+        """The event-service context of the open conversation, or empty."""
+        if not (self.selected_instance_id and self.selected_conversation_id):
+            return ""
+        return kiloclaw_conversation_context(
+            self.selected_instance_id, self.selected_conversation_id
+        )
+
+    @rx.var
+    def conversation_presence_context(self) -> str:
+        """The presence context of the open conversation, or empty."""
+        if not (self.selected_instance_id and self.selected_conversation_id):
+            return ""
+        return kiloclaw_conversation_presence_context(
+            self.selected_instance_id, self.selected_conversation_id
+        )
+
+    @rx.var
+    def instance_presence_context(self) -> str:
+        """The presence context of the selected instance, or empty."""
+        if not self.selected_instance_id:
+            return ""
+        return kiloclaw_instance_presence_context(self.selected_instance_id)
+
+    @rx.var
+    def selected_conversation_title(self) -> str:
+        """The title of the open conversation, or empty."""
+        for conversation in self.conversations:
+            if conversation["id"] == self.selected_conversation_id:
+                return conversation["title"]
+        return ""
+
+    @rx.var
+    def selected_instance_label(self) -> str:
+        """The label of the selected instance, or empty."""
+        for instance in self.instances:
+            if instance["id"] == self.selected_instance_id:
+                return instance["label"]
+        return ""
+
+    @rx.var
+    def visible_conversations(self) -> list[ConversationItem]:
+        """The conversations of the selected instance."""
+        return [c for c in self.conversations if c["instance_id"] == self.selected_instance_id]
+
+    # Loading ------------------------------------------------------------------
+
+    async def _require_profile(self) -> int | None:
+        profile_id = await current_profile_id(self)
+        self.profile_id = profile_id if profile_id is not None else -1
+        return profile_id
+
+    @rx.event
+    async def load(self):
+        """Load the sidebar and the open conversation for the signed-in user."""
+        profile_id = await self._require_profile()
+        if profile_id is None:
+            return reflex_local_auth.LoginState.redir
+        self._reload_lists(profile_id)
+        if self.selected_conversation_id not in {c["id"] for c in self.conversations}:
+            self.selected_conversation_id = ""
+        if self.selected_conversation_id:
+            self._reload_conversation()
+        elif self.selected_instance_id:
+            self._open_instance(self.selected_instance_id)
+        elif self.instances:
+            self._open_instance(self.instances[0]["id"])
+        else:
+            self._reload_conversation()
+        return None
+
+    def _reload_lists(self, profile_id: int) -> None:
+        with rx.session() as session:
+            self.instances = [
+                InstanceItem(id=i.id, label=i.label)
+                for i in service.list_instances_for_user(session, profile_id)
+            ]
+            self.conversations = [
+                ConversationItem(id=c.id, title=c.title, instance_id=c.instance_id)
+                for c in service.list_conversations_for_user(session, profile_id)
+            ]
+        if self.selected_instance_id not in {i["id"] for i in self.instances}:
+            self.selected_instance_id = ""
+
+    def _reload_conversation(self) -> None:
+        if not self.selected_conversation_id:
+            self.messages = []
+            self.members = []
+            return
+        with rx.session() as session:
+            views = service.list_messages(
+                session,
+                self.selected_conversation_id,
+                limit=MESSAGE_PAGE_SIZE,
+                viewer_id=self.profile_id,
+            )
+            self.members = [
+                MemberItem(id=m.id, display_name=m.display_name, is_bot=m.is_bot)
+                for m in service.list_members(session, self.selected_conversation_id)
+            ]
+        self.messages = [_item_from_view(view) for view in views]
+
+    # Navigation ---------------------------------------------------------------
+
+    def _open_instance(self, instance_id: str) -> None:
+        if instance_id not in {i["id"] for i in self.instances}:
+            self.error_message = f"Instance {instance_id!r} is not in your list."
+            return
+        self.error_message = ""
+        self.selected_instance_id = instance_id
+        visible = [c for c in self.conversations if c["instance_id"] == instance_id]
+        self.selected_conversation_id = visible[0]["id"] if visible else ""
+        self._reload_conversation()
+
+    def _open_conversation(self, conversation_id: str) -> None:
+        for conversation in self.conversations:
+            if conversation["id"] == conversation_id:
+                break
+        else:
+            self.error_message = f"Conversation {conversation_id!r} is not in your list."
+            return
+        self.error_message = ""
+        self.selected_instance_id = conversation["instance_id"]
+        self.selected_conversation_id = conversation_id
+        self._reload_conversation()
+
+    @rx.event
+    def select_instance(self, instance_id: str):
+        """Show the conversations of another instance and open its first one."""
+        self._open_instance(instance_id)
+
+    @rx.event
+    def select_conversation(self, conversation_id: str):
+        """Open a conversation of the selected instance."""
+        self._open_conversation(conversation_id)
+
+    # Writes -------------------------------------------------------------------
+
+    @rx.event
+    async def send_message(self, form_data: dict[str, Any]):
+        """Post the composer's text to the open conversation."""
+        text = str(form_data.get("text", ""))
+        profile_id = await self._require_profile()
+        if profile_id is None:
+            return reflex_local_auth.LoginState.redir
+        if not self.selected_conversation_id:
+            self.error_message = "Open a conversation before sending a message."
+            return None
+        if not text.strip():
+            return None
+        try:
+            with rx.session() as session:
+                view = await service.post_message(
+                    session,
+                    conversation_id=self.selected_conversation_id,
+                    sender_id=profile_id,
+                    blocks=text_blocks(text),
+                    publisher=get_backplane(),
+                )
+        except ChatError as exc:
+            self.error_message = str(exc)
+            # Put the text back so nothing the user typed is lost.
+            return rx.set_value("composer", text)
+        self.error_message = ""
+        self.messages = merge_messages(self.messages, [_item_from_view(view)])
+        return None
+
+    @rx.event
+    async def create_instance(self, form_data: dict[str, Any]):
+        """Create an instance owned by the user and select it."""
+        profile_id = await self._require_profile()
+        if profile_id is None:
+            return reflex_local_auth.LoginState.redir
+        try:
+            with rx.session() as session:
+                instance = service.create_instance(
+                    session, owner_id=profile_id, label=str(form_data.get("label", ""))
+                )
+                instance_id = instance.id
+        except ChatError as exc:
+            self.error_message = str(exc)
+            return None
+        self.error_message = ""
+        self._reload_lists(profile_id)
+        self._open_instance(instance_id)
+        return None
+
+    @rx.event
+    async def create_conversation(self, form_data: dict[str, Any]):
+        """Create a conversation in the selected instance and open it."""
+        profile_id = await self._require_profile()
+        if profile_id is None:
+            return reflex_local_auth.LoginState.redir
+        if not self.selected_instance_id:
+            self.error_message = "Create or select an instance first."
+            return None
+        try:
+            with rx.session() as session:
+                conversation = service.create_conversation(
+                    session,
+                    instance_id=self.selected_instance_id,
+                    title=str(form_data.get("title", "")),
+                    creator_id=profile_id,
+                )
+                conversation_id = conversation.id
+        except ChatError as exc:
+            self.error_message = str(exc)
+            return None
+        self.error_message = ""
+        self._reload_lists(profile_id)
+        self._open_conversation(conversation_id)
+        return None
+
+    @rx.event
+    async def add_member(self, form_data: dict[str, Any]):
+        """Add a user, by username, to the open conversation."""
+        username = str(form_data.get("username", "")).strip()
+        profile_id = await self._require_profile()
+        if profile_id is None:
+            return reflex_local_auth.LoginState.redir
+        if not self.selected_conversation_id:
+            self.error_message = "Open a conversation before adding members."
+            return None
+        try:
+            with rx.session() as session:
+                service.require_conversation_member(
+                    session, self.selected_conversation_id, profile_id
+                )
+                user = service.find_user_by_username(session, username)
+                if user is None or user.id is None:
+                    self.error_message = (
+                        f"No user is named {username!r}; check the spelling of the username."
+                    )
+                    return None
+                service.add_conversation_member(
+                    session, conversation_id=self.selected_conversation_id, user_id=user.id
+                )
+        except ChatError as exc:
+            self.error_message = str(exc)
+            return None
+        self.error_message = ""
+        self._reload_conversation()
+        return None
+
+    # Live events --------------------------------------------------------------
+
+    def _apply_message_events(self, events: list[Event]) -> None:
+        """Merge ``message.created`` events of the open conversation into ``messages``."""
+        context = self.conversation_context
+        items: list[MessageItem] = []
+        for event in events:
+            if event.context != context:
+                continue
+            try:
+                items.append(_item_from_event(event.data))
+            except (KeyError, TypeError, ValueError):
+                logger.warning("ignored a malformed message.created event on %s", event.context)
+        if items:
+            self.messages = merge_messages(self.messages, items)
+
+
+def _on_message_created(state: ChatState, events: list[Event]) -> None:
+    state._apply_message_events(events)
+
+
+add_event_handler("message.created", ChatState, _on_message_created)

@@ -1,0 +1,213 @@
+"""KiloChatLayout: the sidebar, the message area and the composer.
+
+The layout builds no event-service client of its own. It holds its contexts
+through hook components on the app shell's per-tab client: the open
+conversation's chat events (always, while it is open), the selected
+instance's presence, and the open conversation's presence.
+"""
+
+from __future__ import annotations
+
+import reflex as rx
+
+from kilo_web.web.chat_state import ChatState, ConversationItem, InstanceItem, MemberItem, MessageItem
+from kilo_web.web.shell import use_event_subscription
+
+
+def use_presence_subscription(context: rx.Var[str] | str | None, active: rx.Var[bool] | bool = True):
+    """Hold a presence context while mounted and ``active`` is true (None or empty: nothing)."""
+    return use_event_subscription(context, active)
+
+
+def _instance_button(instance: InstanceItem) -> rx.Component:
+    selected = instance["id"] == ChatState.selected_instance_id
+    return rx.button(
+        instance["label"],
+        on_click=ChatState.select_instance(instance["id"]),
+        variant=rx.cond(selected, "solid", "ghost"),
+        width="100%",
+        justify="start",
+        class_name="instance-item",
+    )
+
+
+def _conversation_button(conversation: ConversationItem) -> rx.Component:
+    selected = conversation["id"] == ChatState.selected_conversation_id
+    return rx.button(
+        "# ",
+        conversation["title"],
+        on_click=ChatState.select_conversation(conversation["id"]),
+        variant=rx.cond(selected, "soft", "ghost"),
+        width="100%",
+        justify="start",
+        class_name="conversation-item",
+    )
+
+
+def _inline_form(name: str, placeholder: str, label: str, on_submit, form_id: str) -> rx.Component:
+    return rx.form(
+        rx.hstack(
+            rx.input(name=name, placeholder=placeholder, size="1", required=True, flex="1"),
+            rx.button(label, type="submit", size="1"),
+            width="100%",
+        ),
+        on_submit=on_submit,
+        reset_on_submit=True,
+        id=form_id,
+        width="100%",
+    )
+
+
+def sidebar() -> rx.Component:
+    """The instances of the user and the conversations of the selected one."""
+    return rx.vstack(
+        rx.heading("kilo_web", size="5"),
+        rx.text("Instances", size="1", weight="bold", color_scheme="gray"),
+        rx.foreach(ChatState.instances, _instance_button),
+        _inline_form(
+            "label", "New instance label", "Create", ChatState.create_instance, "create-instance"
+        ),
+        rx.divider(),
+        rx.text("Conversations", size="1", weight="bold", color_scheme="gray"),
+        rx.foreach(ChatState.visible_conversations, _conversation_button),
+        rx.cond(
+            ChatState.selected_instance_id != "",
+            _inline_form(
+                "title",
+                "New conversation title",
+                "Create",
+                ChatState.create_conversation,
+                "create-conversation",
+            ),
+        ),
+        rx.spacer(),
+        rx.button("Log out", on_click=ChatState.do_logout, variant="outline", size="1"),
+        width="260px",
+        min_width="260px",
+        height="100vh",
+        padding="1em",
+        border_right="1px solid var(--gray-a5)",
+        overflow_y="auto",
+    )
+
+
+def _member_badge(member: MemberItem) -> rx.Component:
+    return rx.badge(
+        member["display_name"],
+        rx.cond(member["is_bot"], " (bot)", ""),
+        variant="soft",
+        class_name="member",
+    )
+
+
+def _message_row(message: MessageItem) -> rx.Component:
+    mine = message["sender_id"] == ChatState.profile_id
+    return rx.box(
+        rx.hstack(
+            rx.text(message["sender_name"], weight="bold", size="2"),
+            rx.moment(message["created_at"], format="HH:mm", size="1", color="gray"),
+            align="baseline",
+        ),
+        rx.text(message["text"], white_space="pre-wrap", size="3", class_name="message-text"),
+        padding="0.5em 0.75em",
+        border_radius="8px",
+        background=rx.cond(mine, "var(--accent-a3)", "var(--gray-a2)"),
+        class_name="message",
+        data_seq=message["seq"],
+    )
+
+
+def message_area() -> rx.Component:
+    """The open conversation: header, members, messages and composer."""
+    return rx.vstack(
+        rx.hstack(
+            rx.heading(
+                ChatState.selected_instance_label,
+                " · ",
+                ChatState.selected_conversation_title,
+                size="4",
+                id="conversation-title",
+            ),
+            rx.spacer(),
+            rx.hstack(rx.foreach(ChatState.members, _member_badge), wrap="wrap"),
+            width="100%",
+            align="center",
+        ),
+        _inline_form(
+            "username", "Add a member by username", "Add", ChatState.add_member, "add-member"
+        ),
+        rx.auto_scroll(
+            rx.vstack(rx.foreach(ChatState.messages, _message_row), spacing="2", width="100%"),
+            id="message-list",
+            flex="1",
+            width="100%",
+            min_height="0",
+        ),
+        rx.form(
+            rx.hstack(
+                rx.el.textarea(
+                    name="text",
+                    id="composer",
+                    placeholder="Write a message. Enter sends, Shift+Enter adds a line.",
+                    enter_key_submit=True,
+                    rows=2,
+                    style={"flex": "1", "resize": "vertical", "padding": "0.5em"},
+                ),
+                rx.button("Send", type="submit", id="send"),
+                width="100%",
+            ),
+            on_submit=ChatState.send_message,
+            reset_on_submit=True,
+            width="100%",
+        ),
+        width="100%",
+        height="100%",
+        padding="1em",
+    )
+
+
+def _error_banner() -> rx.Component:
+    return rx.cond(
+        ChatState.error_message != "",
+        rx.callout(ChatState.error_message, color_scheme="red", id="error-message"),
+    )
+
+
+def chat_layout() -> rx.Component:
+    """Render the chat page for the signed-in user."""
+    return rx.hstack(
+        sidebar(),
+        rx.vstack(
+            _error_banner(),
+            rx.cond(
+                ChatState.selected_conversation_id != "",
+                message_area(),
+                rx.center(
+                    rx.text("Create an instance and a conversation to start chatting."),
+                    flex="1",
+                    height="100vh",
+                ),
+            ),
+            flex="1",
+            min_width="0",
+            height="100vh",
+            spacing="0",
+        ),
+        # The open conversation's chat events, held while it is open.
+        use_event_subscription(ChatState.conversation_context, True),
+        use_presence_subscription(ChatState.instance_presence_context, True),
+        use_presence_subscription(ChatState.conversation_presence_context, True),
+        spacing="0",
+        width="100%",
+    )
+
+
+class KiloChatLayout(rx.ComponentNamespace):
+    """The chat UI and its parts; call ``kilo_chat_layout()`` inside the app shell."""
+
+    sidebar = staticmethod(sidebar)
+    message_area = staticmethod(message_area)
+    __call__ = staticmethod(chat_layout)
+
+
+kilo_chat_layout = KiloChatLayout()

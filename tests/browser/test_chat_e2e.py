@@ -1,0 +1,206 @@
+"""Two people sign up in two browsers and chat live through the real app.
+
+The app runs as a user would start it: ``reflex run`` in a subprocess, with
+the embedded event service, a fresh SQLite file migrated by Alembic, and
+free loopback ports.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import PROJECT_DIR, wait_for
+
+TOOLS_BIN = PROJECT_DIR / ".tools" / "bin"
+START_TIMEOUT = 300.0
+"""Seconds to wait for the first compile and the frontend's package install."""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+class RunningApp:
+    """``reflex run`` of kilo_web in its own process group."""
+
+    def __init__(self, data_dir: Path, log_path: Path) -> None:
+        self.frontend_port = free_port()
+        self.backend_port = free_port()
+        self.environment = {
+            **os.environ,
+            "PATH": f"{PROJECT_DIR / '.venv' / 'bin'}{os.pathsep}{TOOLS_BIN}{os.pathsep}"
+            f"{os.environ.get('PATH', '')}",
+            "REFLEX_USE_SYSTEM_BUN": "1",
+            "REFLEX_TELEMETRY_ENABLED": "false",
+            "KILO_DATA_DIR": str(data_dir),
+            "KILO_EVENT_SERVICE_PORT": str(free_port()),
+            "KILO_TAB_GRACE_SECONDS": "2",
+        }
+        self.environment.pop("KILO_DATABASE_URL", None)
+        self.environment.pop("KILO_JWT_SECRET", None)
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.frontend_port}"
+
+    def start(self) -> None:
+        subprocess.run(
+            [sys.executable, "-m", "alembic", "-c", "alembic.ini", "upgrade", "head"],
+            cwd=PROJECT_DIR, env=self.environment, check=True, capture_output=True,
+        )
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [str(PROJECT_DIR / ".venv" / "bin" / "reflex"), "run",
+                 "--frontend-port", str(self.frontend_port),
+                 "--backend-port", str(self.backend_port)],
+                cwd=PROJECT_DIR, env=self.environment, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for(
+            lambda: self._exited() or (_answers(self.url) and _answers(
+                f"http://127.0.0.1:{self.backend_port}/ping")),
+            timeout=START_TIMEOUT,
+            interval=0.5,
+            message=lambda: f"the app to serve; log tail:\n{self.log_tail()}",
+        )
+        if self._exited():
+            raise AssertionError(f"reflex run exited early; log tail:\n{self.log_tail()}")
+
+    def _exited(self) -> bool:
+        return self.process is not None and self.process.poll() is not None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        if self.process is None or self._exited():
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def chat_app(tmp_path_factory) -> Iterator[RunningApp]:
+    root = tmp_path_factory.mktemp("chat-app")
+    app = RunningApp(root / "data", root / "reflex.log")
+    try:
+        app.start()
+        yield app
+    finally:
+        app.stop()
+
+
+def sign_up(page, base_url: str, username: str, password: str) -> None:
+    page.goto(f"{base_url}/register")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.fill("input[name=confirm_password]", password)
+    page.get_by_role("button", name="Sign up").click()
+    page.wait_for_url("**/login**", timeout=30_000)
+
+
+def log_in(page, base_url: str, username: str, password: str) -> None:
+    page.goto(f"{base_url}/login")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_selector("text=Instances", timeout=30_000)
+
+
+def send(page, text: str) -> None:
+    page.fill("#composer", text)
+    page.press("#composer", "Enter")
+
+
+def message_texts(page) -> list[str]:
+    return page.locator(".message-text").all_inner_texts()
+
+
+def test_two_users_chat_live(chat_app, browser):
+    suffix = uuid.uuid4().hex[:6]
+    ann, ben, password = f"ann_{suffix}", f"ben_{suffix}", "correct horse battery"
+    ann_context, ben_context = browser.new_context(), browser.new_context()
+    ann_page, ben_page = ann_context.new_page(), ben_context.new_page()
+    try:
+        sign_up(ann_page, chat_app.url, ann, password)
+        sign_up(ben_page, chat_app.url, ben, password)
+
+        log_in(ann_page, chat_app.url, ann, password)
+        ann_page.fill("#create-instance input[name=label]", "Test sandbox")
+        ann_page.press("#create-instance input[name=label]", "Enter")
+        ann_page.wait_for_selector(".instance-item:has-text('Test sandbox')")
+        ann_page.fill("#create-conversation input[name=title]", "Plans")
+        ann_page.press("#create-conversation input[name=title]", "Enter")
+        ann_page.wait_for_selector("#conversation-title:has-text('Plans')")
+        ann_page.fill("#add-member input[name=username]", ben)
+        ann_page.press("#add-member input[name=username]", "Enter")
+        ann_page.wait_for_selector(f".member:has-text('{ben}')")
+
+        log_in(ben_page, chat_app.url, ben, password)
+        ben_page.wait_for_selector("#conversation-title:has-text('Plans')")
+
+        send(ann_page, "Hello Ben")
+        ben_page.wait_for_selector(".message-text:has-text('Hello Ben')", timeout=15_000)
+
+        send(ben_page, "Hi Ann\nsecond line")
+        ann_page.wait_for_selector(".message-text:has-text('second line')", timeout=15_000)
+
+        # Shift+Enter adds a line instead of sending.
+        ann_page.fill("#composer", "first")
+        ann_page.press("#composer", "Shift+Enter")
+        ann_page.keyboard.type("then more")
+        ann_page.press("#composer", "Enter")
+        ben_page.wait_for_selector(".message-text:has-text('then more')", timeout=15_000)
+
+        expected = ["Hello Ben", "Hi Ann\nsecond line", "first\nthen more"]
+        wait_for(lambda: message_texts(ben_page) == expected,
+                 message=lambda: f"Ben's list {message_texts(ben_page)!r}")
+        wait_for(lambda: message_texts(ann_page) == expected,
+                 message=lambda: f"Ann's list {message_texts(ann_page)!r}")
+
+        ben_page.reload()
+        ben_page.wait_for_selector("#conversation-title:has-text('Plans')")
+        wait_for(lambda: message_texts(ben_page) == expected,
+                 message=lambda: f"Ben's list after reload {message_texts(ben_page)!r}")
+
+        # The live path still works after the reload.
+        send(ann_page, "After your reload")
+        ben_page.wait_for_selector(".message-text:has-text('After your reload')",
+                                   timeout=15_000)
+    except Exception:
+        print(chat_app.log_tail(80))
+        raise
+    finally:
+        ann_context.close()
+        ben_context.close()

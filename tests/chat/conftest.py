@@ -1,0 +1,136 @@
+"""Fixtures for the chat tests: users, an instance and a conversation."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import bcrypt
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from reflex_local_auth.user import LocalUser
+from sqlmodel import Session, SQLModel
+
+from kilo_web.chat import service
+from kilo_web.chat.models import Conversation, Instance, UserProfile
+
+TEST_PASSWORD = "test-password"
+
+
+@functools.cache
+def _fast_password_hash() -> bytes:
+    # Cost 4 is bcrypt's minimum; the accounts tests cover the real cost-12 path.
+    return bcrypt.hashpw(TEST_PASSWORD.encode(), bcrypt.gensalt(rounds=4))
+
+
+def insert_user(
+    session: Session, username: str, *, display_name: str | None = None, is_bot: bool = False
+) -> UserProfile:
+    """Insert a ``localuser`` row and its profile, hashing TEST_PASSWORD at low cost."""
+    local_user = LocalUser(
+        username=username, password_hash=_fast_password_hash(), enabled=not is_bot
+    )
+    session.add(local_user)
+    session.flush()
+    profile = UserProfile(
+        local_user_id=local_user.id,
+        display_name=display_name or username.capitalize(),
+        is_bot=is_bot,
+    )
+    session.add(profile)
+    session.commit()
+    session.refresh(profile)
+    return profile
+
+
+@dataclass
+class People:
+    alice: UserProfile
+    bob: UserProfile
+    carol: UserProfile
+    bot: UserProfile
+
+
+@pytest.fixture
+def make_user(session: Session) -> Callable[..., UserProfile]:
+    return functools.partial(insert_user, session)
+
+
+@pytest.fixture
+def people(session: Session) -> People:
+    return People(
+        alice=insert_user(session, "alice"),
+        bob=insert_user(session, "bob"),
+        carol=insert_user(session, "carol"),
+        bot=insert_user(session, "kilobot", display_name="Kilo Bot", is_bot=True),
+    )
+
+
+@pytest.fixture
+def instance(session: Session, people: People) -> Instance:
+    """An instance owned by alice, with bob and the bot as further members."""
+    instance = service.create_instance(
+        session, owner_id=people.alice.id, label="Sandbox", instance_id="sandbox-1"
+    )
+    service.add_instance_member(session, instance_id=instance.id, user_id=people.bob.id)
+    service.add_instance_member(session, instance_id=instance.id, user_id=people.bot.id)
+    return instance
+
+
+@pytest.fixture
+def conversation(session: Session, people: People, instance: Instance) -> Conversation:
+    """A conversation in ``instance`` with alice, bob and the bot; carol is not in it."""
+    return service.create_conversation(
+        session,
+        instance_id=instance.id,
+        title="General",
+        creator_id=people.alice.id,
+        member_ids=[people.bob.id, people.bot.id],
+        conversation_id="conv-1",
+    )
+
+
+# Tables created by the migrations under test; tables that other model
+# modules add to SQLModel.metadata are checked by their own tests.
+CHAT_TABLES = frozenset(
+    {
+        "localuser",
+        "localauthsession",
+        "user_profile",
+        "instance",
+        "instance_member",
+        "conversation",
+        "conversation_member",
+        "message",
+    }
+)
+
+
+def _diff_table_name(diff) -> str:
+    if isinstance(diff, list):
+        # Column changes come grouped: ("modify_type", schema, table, column, ...).
+        return diff[0][2]
+    kind, target = diff[0], diff[1]
+    if kind in ("add_column", "remove_column"):
+        return diff[2]
+    if isinstance(target, sa.Table):
+        return target.name
+    # Indexes, unique constraints and foreign keys know their table.
+    return target.table.name
+
+
+@pytest.fixture
+def schema_differences() -> Callable[[sa.Connection], list]:
+    """Return a function listing differences between the chat models and a database."""
+
+    def differences(connection: sa.Connection) -> list:
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "compare_server_default": False}
+        )
+        found = compare_metadata(context, SQLModel.metadata)
+        return [diff for diff in found if _diff_table_name(diff) in CHAT_TABLES]
+
+    return differences
