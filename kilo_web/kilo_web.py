@@ -19,7 +19,7 @@ logging.getLogger("kilo_web").setLevel(get_settings().log_level)
 
 
 def index() -> rx.Component:
-    """The chat page, for signed-in users only."""
+    """Render the chat page; the route requires a signed-in user."""
     return app_shell(kilo_chat_layout())
 
 

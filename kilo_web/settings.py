@@ -60,7 +60,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 class SettingsError(ValueError):
-    """Raised when an environment variable holds a value that cannot be used."""
+    """Raised when an environment variable contains a value that cannot be used."""
 
 
 def _env_str(name: str, default: str) -> str:

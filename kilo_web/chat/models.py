@@ -106,6 +106,8 @@ class UserProfile(SQLModel, table=True):
     local_user_id: int = Field(foreign_key="localuser.id", ondelete="CASCADE", nullable=False)
     display_name: str = Field(sa_type=sa.String(DISPLAY_NAME_MAX_LENGTH), nullable=False)
     is_bot: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
+    token_version: int = Field(default=0, sa_column_kwargs={"server_default": sa.text("0")})
+    """Event-service tokens with a lower ``version`` claim are rejected."""
     created_at: datetime.datetime = Field(
         default_factory=utc_now, sa_type=UTCDateTime, nullable=False
     )

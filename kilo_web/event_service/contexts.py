@@ -59,6 +59,11 @@ def kiloclaw_conversation_context(sandbox_id: str, conversation_id: str) -> str:
     return f"{instance}/{_segment('conversation id', conversation_id)}"
 
 
+def user_context(user_id: str | int) -> str:
+    """Return a user's private context, ``/users/{user_id}``: unread counts and badges."""
+    return f"/users/{_segment('user id', str(user_id))}"
+
+
 def presence_context(context: str) -> str:
     """Return the presence context that mirrors a chat context."""
     return PRESENCE_PREFIX + validate_context(context)

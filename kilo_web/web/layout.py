@@ -59,7 +59,7 @@ def _inline_form(name: str, placeholder: str, label: str, on_submit, form_id: st
 
 
 def sidebar() -> rx.Component:
-    """The instances of the user and the conversations of the selected one."""
+    """Render the user's instances and the conversations of the selected one."""
     return rx.vstack(
         rx.heading("kilo_web", size="5"),
         rx.text("Instances", size="1", weight="bold", color_scheme="gray"),
@@ -118,7 +118,7 @@ def _message_row(message: MessageItem) -> rx.Component:
 
 
 def message_area() -> rx.Component:
-    """The open conversation: header, members, messages and composer."""
+    """Render the open conversation: header, members, messages and composer."""
     return rx.vstack(
         rx.hstack(
             rx.heading(
