@@ -47,10 +47,10 @@ def add_event_handler(
 
     For each batch of a tab's incoming events, ``handler(state, events)``
     runs once with the tab's instance of ``state_cls`` and the matching
-    events in arrival order, inside one ``app.modify_state``; the changed
-    vars reach the browser when the batch is done. Keep it short: the tab's
-    own event handlers wait for the state lock meanwhile. It may be a plain
-    function or a coroutine function.
+    events in arrival order. It runs inside one ``app.modify_state``, and
+    the changed vars reach the browser when the batch is done. Keep it
+    short, because the tab's own event handlers wait for the state lock
+    meanwhile. It may be a plain function or a coroutine function.
 
     A handler with the same module, qualified name and state class replaces
     the earlier one, so a module that Reflex imports again (a hot reload)

@@ -3,15 +3,15 @@
 ``use_subscription(context, active, state=...)`` renders nothing and adds one
 React ``useEffect`` whose dependency list is ``[context, active, epoch]``.
 Its setup sends ``subscribe_context(context, epoch)`` to a backend state
-when ``context`` is not empty and ``active`` is true; its cleanup sends
+when ``context`` is not empty and ``active`` is true. Its cleanup sends
 ``unsubscribe_context`` with the same context and epoch. React runs the
 cleanup of the old values before the setup of the new ones, so a change of
 ``context`` or ``active`` moves the subscription.
 
 The backend half is ``SubscriptionState``, a state mixin. It counts the
 requests of each tab in a ``SubscriptionLedger`` and calls a pluggable
-``SubscriptionSink`` only when a context goes 0 -> 1 or 1 -> 0, so this
-module knows nothing about what a context means. An app defines one concrete
+``SubscriptionSink`` only when a context goes 0 -> 1 or 1 -> 0. What a
+context means is up to the sink, so this module has no chat code. An app defines one concrete
 state::
 
     class MySubscriptions(SubscriptionState, rx.State):
@@ -19,7 +19,8 @@ state::
 
 and adds ``SubscriptionEpochMiddleware(MySubscriptions)`` to its ``rx.App``.
 
-Facts about Reflex 0.10.1 and React that shape this design:
+Facts about Reflex 0.10.1 and React 19 that shape this design, checked in
+Chromium:
 
 - ``on_mount``/``on_unmount`` compile to ``useEffect(..., [])``, which never
   re-runs when a prop changes, so the hook writes its own effect.
@@ -33,10 +34,11 @@ Facts about Reflex 0.10.1 and React that shape this design:
   any other epoch are ignored. The sink is told about the reset, so it can
   release what the tab held before (``SubscriptionSink.reset``).
 - Reflex moves the hooks of a component to the nearest enclosing React
-  function component, which is the page unless something in between is
-  memoized. Inside ``rx.foreach`` that leaves the effect outside the loop,
-  referring to an undefined loop variable, so wrap the item in ``@rx.memo``
-  and pass the context as a prop::
+  function component: the page, or an ``@rx.memo`` component. Inside
+  ``rx.cond`` the effect therefore runs whether or not the branch is shown,
+  so pass the condition as ``active`` instead. Inside ``rx.foreach`` the
+  effect ends up outside the loop, referring to an undefined loop variable,
+  so wrap the item in ``@rx.memo`` and pass the context as a prop::
 
       @rx.memo
       def item_subscription(context: rx.Var[str]) -> rx.Component:
@@ -77,7 +79,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 epoch_clock = EpochClock()
-"""Issues the subscription epochs of this backend process."""
+"""Clock that issues the subscription epochs of this backend process."""
 
 
 class SubscriptionSink(Protocol):
@@ -144,7 +146,7 @@ class SubscriptionState(rx.State, mixin=True):
         )
 
     def _store(self, ledger: SubscriptionLedger) -> None:
-        # Assign a new dict so the state manager sees the backend var change.
+        # Assign a new dict, so the state marks the backend var as changed.
         self._subscription_counts = ledger.counts
         if self.subscription_epoch != ledger.epoch:
             self.subscription_epoch = ledger.epoch
@@ -167,7 +169,7 @@ class SubscriptionState(rx.State, mixin=True):
         change = ledger.acquire(context, epoch)
         if change is Change.LIMIT_REACHED:
             logger.warning(
-                "rejected subscription to %s: the tab already holds %d contexts",
+                "rejected subscription to %s: the tab has reached the maximum of %d contexts",
                 context,
                 ledger.max_contexts,
             )
@@ -241,7 +243,7 @@ class SubscriptionEpochMiddleware(Middleware):
 
 
 class SubscriptionHook(Fragment):
-    """Hold a subscription while mounted and active; renders an empty fragment.
+    """Component that holds a subscription while mounted and active; it renders an empty fragment.
 
     Build it with ``use_subscription``.
     """
@@ -272,7 +274,7 @@ def _event_function(handler: Any) -> Var:
 def subscription_effect(
     context: Var, active: Var, *, state: type[SubscriptionState]
 ) -> Var:
-    """Build the ``useEffect`` source that holds ``context`` while ``active``.
+    """Build the ``useEffect`` source that subscribes ``context`` while ``active`` is true.
 
     The effect skips epoch 0, the value compiled into the page before the
     first hydrate, because the backend starts a new epoch on hydrate anyway.
@@ -326,8 +328,9 @@ def use_subscription(
 
     ``context`` and ``active`` may be state vars, memo props or literals; an
     empty or None context holds nothing. ``state`` is the app's concrete
-    subclass of ``SubscriptionState``. Inside ``rx.foreach``, wrap the call
-    in an ``@rx.memo`` component (see the module docstring).
+    subclass of ``SubscriptionState``. Inside ``rx.cond``, pass the condition
+    as ``active``; inside ``rx.foreach``, wrap the call in an ``@rx.memo``
+    component (see the module docstring).
     """
     if not isinstance(state, type) or not issubclass(state, SubscriptionState):
         raise TypeError(

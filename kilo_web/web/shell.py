@@ -80,7 +80,7 @@ UserIdResolver = Callable[[Any], Awaitable[Any] | Any]
 
 
 class _AppShell:
-    """What ``install_app_shell`` sets up for one app: the registry and the user lookup."""
+    """An installed app shell: the app, its tab connection registry and the user lookup."""
 
     def __init__(self, app: rx.App, settings: Settings, resolve_user_id: UserIdResolver) -> None:
         self.app = app
@@ -136,6 +136,14 @@ def get_registry() -> TabConnectionRegistry:
     return _require_shell().registry
 
 
+def _client_token(state: SubscriptionState) -> str:
+    token = state.router.session.client_token
+    if not token:
+        # Reflex sets the token from every event's router data; an event without one is a bug.
+        raise RuntimeError(f"{type(state).__name__} has no client token; it cannot own a connection")
+    return token
+
+
 class _EventServiceSink:
     """Forward one tab's 0 -> 1 and 1 -> 0 transitions to its ``TabConnection``."""
 
@@ -148,16 +156,15 @@ class _EventServiceSink:
         if user_id is None:
             logger.debug("ignored subscribe to %s: no user is signed in", context)
             return
-        shell.registry.subscribe(state.router.session.client_token, user_id, context)
+        shell.registry.subscribe(_client_token(state), user_id, context)
 
     async def unsubscribe(self, state: SubscriptionState, context: str) -> None:
-        _require_shell().registry.unsubscribe(state.router.session.client_token, context)
+        _require_shell().registry.unsubscribe(_client_token(state), context)
 
     async def reset(self, state: SubscriptionState, held: list[str]) -> None:
         shell = _require_shell()
-        user_id = await shell.user_id_of(state)
-        token = state.router.session.client_token
-        shell.registry.carry_over(token, user_id)
+        token = _client_token(state)
+        shell.registry.carry_over(token, await shell.user_id_of(state))
         if shell.registry.get(token) is None:
             state.connection_status = ConnectionStatus.IDLE.value  # type: ignore[attr-defined]
 
@@ -172,7 +179,7 @@ class EventServiceState(SubscriptionState, rx.State):
 
     @rx.var
     def event_service_reconnecting(self) -> bool:
-        """Whether the tab lost its event-service socket and is reconnecting."""
+        """True while the tab's event-service socket is lost and the client reconnects."""
         return self.connection_status == ConnectionStatus.RECONNECTING.value
 
 
@@ -182,8 +189,9 @@ def use_event_subscription(
     """Return a component that holds ``context`` on the tab's event-service connection.
 
     The context is held while the component is mounted and ``active`` is
-    true. Inside ``rx.foreach``, wrap the call in an ``@rx.memo`` component
-    that takes the context as a prop.
+    true. Inside ``rx.cond``, pass the condition as ``active``; inside
+    ``rx.foreach``, wrap the call in an ``@rx.memo`` component that takes the
+    context as a prop (see ``kilo_web.web.hooks``).
     """
     return use_subscription(context, active, state=EventServiceState)
 
@@ -214,7 +222,7 @@ def _watch_tab_sockets(app: rx.App, registry: TabConnectionRegistry) -> Callable
         return await original_connect(sid, environ, auth)
 
     def on_disconnect(sid: str, reason: Any = None) -> Any:
-        # The original forgets the sid -> token link, so read it first.
+        # The original drops the sid -> token link, so read it first.
         token = namespace.sid_to_token.get(sid)
         result = original_disconnect(sid)
         if token:

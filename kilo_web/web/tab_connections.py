@@ -4,7 +4,8 @@ Reflex states are pickled, so a tab's socket and tasks cannot live in its
 state. ``TabConnectionRegistry`` keeps them here instead, keyed by the
 Reflex client token of the tab, and the tab's state keeps only plain values.
 
-Each ``TabConnection`` owns an ``EventServiceClient`` and two tasks:
+Each ``TabConnection`` owns an ``EventServiceClient``, connected in the
+background, and two tasks:
 
 - the *operations* task applies subscribe, unsubscribe and carry-over
   requests to the client one at a time, in the order the tab's event
@@ -13,11 +14,12 @@ Each ``TabConnection`` owns an ``EventServiceClient`` and two tasks:
   to a ``deliver`` coroutine in batches: everything that queued up while the
   previous batch was being delivered goes in the next one.
 
-Delayed releases: a page releases and claims the same context again in
-quick succession all the time. React StrictMode (dev mode) mounts each new
-component twice, and a reload or reconnect makes every mounted component
-subscribe again under a new epoch while the tab's earlier subscriptions are
-forgotten. So the connection does not unsubscribe a released context at
+Delayed releases: a page often releases a context and claims it again
+within milliseconds. React StrictMode (dev mode) mounts each new component
+twice, which in Reflex 0.10.1 dev mode includes every component of the page
+after each hydrate. A reload or reconnect also makes every mounted
+component subscribe again under a new epoch, after the tab's earlier counts
+were reset. So the connection does not unsubscribe a released context at
 once: it keeps it for ``release_delay_seconds`` (``grace_seconds`` after a
 carry-over), and a subscribe in the meantime claims it back without any
 wire frame. Events of a context that waits for its release still reach the
@@ -44,7 +46,14 @@ from kilo_web.event_service.tokens import mint_token
 logger = logging.getLogger(__name__)
 
 MAX_BATCH_SIZE = 200
-"""Most items one call of ``deliver`` receives."""
+"""Maximum number of items passed to one call of ``deliver``."""
+
+MAX_QUEUED_ITEMS = 10_000
+"""Maximum number of items waiting for delivery to one tab.
+
+When it is reached, the client stops reading its socket until the tab's
+states catch up, so a slow tab slows its own connection and no other.
+"""
 
 
 class ConnectionStatus(str, enum.Enum):
@@ -119,13 +128,13 @@ class TabConnection:
         self._grace_seconds = grace_seconds
         self._release_delay_seconds = release_delay_seconds
         self._operations: asyncio.Queue[tuple[_Operation, tuple[str, ...]]] = asyncio.Queue()
-        self._inbox: asyncio.Queue[DeliveryItem] = asyncio.Queue()
+        self._inbox: asyncio.Queue[DeliveryItem] = asyncio.Queue(maxsize=MAX_QUEUED_ITEMS)
         # Context -> loop time at which it is unsubscribed unless claimed again.
         self._pending_releases: dict[str, float] = {}
         self._release_handle: asyncio.TimerHandle | None = None
         self._closed = False
 
-        client.on("*", self._inbox.put_nowait)
+        client.on("*", self._inbox.put)
         client.on_state_change(self._on_client_state)
         self._inbox.put_nowait(StatusChange(ConnectionStatus.CONNECTING))
         self._tasks = [
@@ -179,11 +188,11 @@ class TabConnection:
         # connection (and reconnects) on its own after that.
         await self.client.connect()
 
-    def _on_client_state(self, state: str) -> None:
+    async def _on_client_state(self, state: str) -> None:
         if self._closed:
             return
         status = ConnectionStatus.CONNECTED if state == CONNECTED else ConnectionStatus.RECONNECTING
-        self._inbox.put_nowait(StatusChange(status))
+        await self._inbox.put(StatusChange(status))
 
     async def _apply_operations(self) -> None:
         while True:
@@ -252,8 +261,8 @@ class TabConnection:
 class TabConnectionRegistry:
     """Map Reflex client tokens to their ``TabConnection`` in this process.
 
-    ``is_tab_connected(token)`` tells whether the tab's Reflex socket is
-    open now; a pending close is skipped when it returns true.
+    ``is_tab_connected(token)`` returns whether the tab's Reflex socket is
+    open now. A scheduled close is skipped when it returns true.
     """
 
     def __init__(
@@ -319,7 +328,7 @@ class TabConnectionRegistry:
         return len(self._tabs)
 
     def close_pending(self, token: str) -> bool:
-        """Tell whether a close of the tab is scheduled."""
+        """Return whether a close of the tab is scheduled."""
         return token in self._pending_closes
 
     # Requests from the tab's event handlers ------------------------------------

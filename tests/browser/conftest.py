@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from kilo_web.chat.database import upgrade_database
 from kilo_web.event_service.protocol import ClientFrame
 from kilo_web.event_service.server import EventServiceServer
 
@@ -131,7 +132,7 @@ class RunningEventService:
         return self._call(lambda: self._server.connection_count(user_id))
 
     def publish(self, context: str, event: str, data: dict[str, Any]) -> None:
-        """Publish an event and wait until the server has handed it to its connections."""
+        """Publish an event through the server's backplane and wait for the call to return."""
         asyncio.run_coroutine_threadsafe(
             self._server.publish(context, event, data), self._loop
         ).result(timeout=10)
@@ -166,8 +167,9 @@ class LoopbackDevServer(Plugin):
 
 config = rx.Config(
     app_name={app_name!r},
-    plugins=[LoopbackDevServer()],
-    disable_plugins=["reflex.plugins.sitemap.SitemapPlugin"],
+    db_url={db_url!r},
+    plugins=[rx.plugins.RadixThemesPlugin(), LoopbackDevServer()],
+    disable_plugins=[rx.plugins.SitemapPlugin],
     telemetry_enabled=False,
 )
 """
@@ -195,6 +197,11 @@ def start_app(
 
     ``environment`` is set in this process for the life of the app, so the
     app's backend (a thread of this process) reads it.
+
+    The app gets a SQLite file migrated to the newest schema. Reflex compiles
+    every state class imported in the process into the app, and other test
+    modules may have imported the accounts' states, whose computed vars
+    query the database on every hydrate.
     """
     from reflex.testing import AppHarness
 
@@ -202,7 +209,12 @@ def start_app(
         pytest.fail(f"bun is missing from {BUN_BIN_DIR}; install it with the project's setup")
     app_name = app_source.__name__.lower()
     root.mkdir(parents=True, exist_ok=True)
-    (root / "rxconfig.py").write_text(RXCONFIG_TEMPLATE.format(app_name=app_name))
+    data_dir = root / "data"
+    database_url = f"sqlite:///{data_dir / 'kilo_web.db'}"
+    upgrade_database(database_url)
+    (root / "rxconfig.py").write_text(
+        RXCONFIG_TEMPLATE.format(app_name=app_name, db_url=database_url)
+    )
     # With rxconfig.py present, `reflex init` leaves the package folder to us.
     package_dir = root / app_name
     package_dir.mkdir(exist_ok=True)
@@ -213,6 +225,8 @@ def start_app(
         "REFLEX_USE_SYSTEM_BUN": "1",
         "REFLEX_CHECK_LATEST_VERSION": "false",
         "REFLEX_TELEMETRY_ENABLED": "false",
+        "KILO_DATA_DIR": str(data_dir),
+        "KILO_DATABASE_URL": database_url,
         **(environment or {}),
     }
     with _environment(values), AppHarness.create(root=root, app_source=app_source) as harness:
