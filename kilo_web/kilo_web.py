@@ -9,6 +9,7 @@ import reflex_local_auth
 
 from kilo_web.accounts.pages import login_page, register_page
 from kilo_web.accounts.state import current_profile_id
+from kilo_web.chat.tokens import token_for
 from kilo_web.event_service.embedded import embedded_event_service
 from kilo_web.settings import get_settings
 from kilo_web.web.chat_state import ChatState
@@ -26,7 +27,11 @@ def index() -> rx.Component:
 app = rx.App()
 # The event service starts before the shell's tabs connect to it.
 app.register_lifespan_task(embedded_event_service)
-install_app_shell(app, resolve_user_id=current_profile_id)
+install_app_shell(
+    app,
+    resolve_user_id=current_profile_id,
+    issue_token=lambda user_id: token_for(user_id, get_settings()),
+)
 
 app.add_page(
     reflex_local_auth.require_login(index),

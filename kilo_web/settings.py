@@ -29,6 +29,19 @@ KILO_EMBED_EVENT_SERVICE       ``1`` starts the event service inside the
                                Default 1.
 KILO_MAX_FRAME_BYTES           Largest WebSocket frame the event service
                                accepts. Default 65536.
+KILO_PRESENCE_GRACE_SECONDS    How long a user who lost their last connection
+                               to a presence context stays listed, so a
+                               reload shows no leave. Default 5.
+KILO_PING_INTERVAL_SECONDS     How often the event service pings each
+                               connection. Default 20.
+KILO_PING_TIMEOUT_SECONDS      How long a ping may go unanswered before the
+                               connection counts as dead. Default 20.
+KILO_MAX_FRAMES_PER_SECOND     Client frames one connection may send per
+                               second on average (bursts of 4 times more).
+                               Default 50.
+KILO_HISTORY_SIZE              Events kept per context for clients that
+                               reconnect and ask for what they missed.
+                               Default 500.
 KILO_RECONNECT_MIN_SECONDS     First reconnect delay of the SDK. Default 0.5.
 KILO_RECONNECT_MAX_SECONDS     Cap of the SDK's exponential backoff.
                                Default 30.
@@ -45,6 +58,42 @@ KILO_SEED_DEMO                 ``1`` seeds demo users, an instance and a
                                Default 1.
 KILO_LOG_LEVEL                 Level of the ``kilo_web`` loggers. Default
                                INFO.
+KILO_PUSH_TRANSPORTS           Push transports to send through, comma
+                               separated: ``expo``, ``webpush``, or empty for
+                               none. Default ``expo,webpush``.
+KILO_PUSH_TIMEOUT_SECONDS      Timeout of one request to a push service.
+                               Default 10.
+KILO_PUSH_MAX_ATTEMPTS         Sends of one push before the dispatcher gives
+                               up until the next start. Default 3.
+KILO_PUSH_RETRY_BASE_SECONDS   First delay between two sends of a push; it
+                               doubles after each failure. Default 1.
+KILO_PUSH_IDEMPOTENCY_TTL_SECONDS
+                               How long a (message, recipient) push record is
+                               kept, and how long after a message a push for
+                               it is still sent. Default 86400.
+KILO_EXPO_API_URL              Base URL of Expo's push API. Default
+                               ``https://exp.host/--/api/v2``.
+KILO_EXPO_ACCESS_TOKEN         Expo access token, sent when the Expo project
+                               requires one. Default: none.
+KILO_EXPO_RECEIPT_DELAY_SECONDS
+                               How long after a send Expo receipts are
+                               fetched. Default 900.
+KILO_VAPID_PRIVATE_KEY_FILE    PEM file of the VAPID key that signs Web
+                               Push requests; ``python -m
+                               kilo_web.notifications.vapid`` creates it.
+                               Default ``vapid-private.pem`` in
+                               KILO_DATA_DIR.
+KILO_VAPID_SUBJECT             Contact URL sent to Web Push services
+                               (``mailto:`` or ``https:``). Default
+                               ``mailto:admin@localhost``; set a real one,
+                               because some push services reject it.
+KILO_WEBPUSH_ENDPOINT_ORIGINS  Origins a Web Push subscription endpoint may
+                               point at, comma separated; ``*.`` at the
+                               start of a host matches its subdomains.
+                               Default: the push services of Chrome,
+                               Firefox, Safari and Edge.
+KILO_WEBPUSH_TTL_SECONDS       How long a Web Push service keeps a push for
+                               an offline browser. Default 86400.
 =============================  ==============================================
 """
 
@@ -105,6 +154,22 @@ def _env_bool(name: str, default: bool) -> bool:
     raise SettingsError(f"{name}={raw!r} is not a boolean; use 1 or 0")
 
 
+def _env_list(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+DEFAULT_WEBPUSH_ENDPOINT_ORIGINS = (
+    "https://fcm.googleapis.com",
+    "https://updates.push.services.mozilla.com",
+    "https://web.push.apple.com",
+    "https://*.notify.windows.com",
+)
+"""Push services of Chrome, Firefox, Safari and Edge; subscriptions elsewhere are rejected."""
+
+
 def _read_or_create_secret(path: Path) -> str:
     """Return the secret stored in ``path``, creating it with mode 0600 if missing."""
     try:
@@ -138,12 +203,29 @@ class Settings:
     event_service_url: str = "ws://127.0.0.1:8765"
     embed_event_service: bool = True
     max_frame_bytes: int = 65536
+    presence_grace_seconds: float = 5.0
+    ping_interval_seconds: float = 20.0
+    ping_timeout_seconds: float = 20.0
+    max_frames_per_second: float = 50.0
+    history_size: int = 500
     reconnect_min_seconds: float = 0.5
     reconnect_max_seconds: float = 30.0
     tab_grace_seconds: float = 10.0
     release_delay_seconds: float = 1.0
     seed_demo: bool = True
     log_level: str = "INFO"
+    push_transports: tuple[str, ...] = ("expo", "webpush")
+    push_timeout_seconds: float = 10.0
+    push_max_attempts: int = 3
+    push_retry_base_seconds: float = 1.0
+    push_idempotency_ttl_seconds: int = 86400
+    expo_api_url: str = "https://exp.host/--/api/v2"
+    expo_access_token: str = dataclasses.field(default="", repr=False)
+    expo_receipt_delay_seconds: float = 900.0
+    vapid_private_key_file: Path | None = None
+    vapid_subject: str = "mailto:admin@localhost"
+    webpush_endpoint_origins: tuple[str, ...] = DEFAULT_WEBPUSH_ENDPOINT_ORIGINS
+    webpush_ttl_seconds: int = 86400
 
     def __post_init__(self) -> None:
         if self.reconnect_min_seconds > self.reconnect_max_seconds:
@@ -155,6 +237,11 @@ class Settings:
             raise SettingsError(
                 "KILO_JWT_SECRET is shorter than 32 characters; use a longer random value"
             )
+
+    @property
+    def vapid_key_path(self) -> Path:
+        """The VAPID private key file: KILO_VAPID_PRIVATE_KEY_FILE or one in the data folder."""
+        return self.vapid_private_key_file or self.data_dir / "vapid-private.pem"
 
     @property
     def async_database_url(self) -> str:
@@ -184,12 +271,35 @@ class Settings:
             event_service_url=_env_str("KILO_EVENT_SERVICE_URL", f"ws://{host}:{port}"),
             embed_event_service=_env_bool("KILO_EMBED_EVENT_SERVICE", True),
             max_frame_bytes=_env_int("KILO_MAX_FRAME_BYTES", 65536, minimum=1024),
+            presence_grace_seconds=_env_float("KILO_PRESENCE_GRACE_SECONDS", 5.0),
+            ping_interval_seconds=_env_float("KILO_PING_INTERVAL_SECONDS", 20.0, minimum=0.1),
+            ping_timeout_seconds=_env_float("KILO_PING_TIMEOUT_SECONDS", 20.0, minimum=0.1),
+            max_frames_per_second=_env_float("KILO_MAX_FRAMES_PER_SECOND", 50.0, minimum=1.0),
+            history_size=_env_int("KILO_HISTORY_SIZE", 500, minimum=0),
             reconnect_min_seconds=_env_float("KILO_RECONNECT_MIN_SECONDS", 0.5, minimum=0.01),
             reconnect_max_seconds=_env_float("KILO_RECONNECT_MAX_SECONDS", 30.0, minimum=0.01),
             tab_grace_seconds=_env_float("KILO_TAB_GRACE_SECONDS", 10.0),
             release_delay_seconds=_env_float("KILO_RELEASE_DELAY_SECONDS", 1.0),
             seed_demo=_env_bool("KILO_SEED_DEMO", True),
             log_level=_env_str("KILO_LOG_LEVEL", "INFO").upper(),
+            push_transports=_env_list("KILO_PUSH_TRANSPORTS", ("expo", "webpush")),
+            push_timeout_seconds=_env_float("KILO_PUSH_TIMEOUT_SECONDS", 10.0, minimum=0.01),
+            push_max_attempts=_env_int("KILO_PUSH_MAX_ATTEMPTS", 3, minimum=1),
+            push_retry_base_seconds=_env_float("KILO_PUSH_RETRY_BASE_SECONDS", 1.0),
+            push_idempotency_ttl_seconds=_env_int(
+                "KILO_PUSH_IDEMPOTENCY_TTL_SECONDS", 86400, minimum=60
+            ),
+            expo_api_url=_env_str("KILO_EXPO_API_URL", "https://exp.host/--/api/v2").rstrip("/"),
+            expo_access_token=os.environ.get("KILO_EXPO_ACCESS_TOKEN", "").strip(),
+            expo_receipt_delay_seconds=_env_float("KILO_EXPO_RECEIPT_DELAY_SECONDS", 900.0),
+            vapid_private_key_file=Path(
+                _env_str("KILO_VAPID_PRIVATE_KEY_FILE", str(data_dir / "vapid-private.pem"))
+            ),
+            vapid_subject=_env_str("KILO_VAPID_SUBJECT", "mailto:admin@localhost"),
+            webpush_endpoint_origins=_env_list(
+                "KILO_WEBPUSH_ENDPOINT_ORIGINS", DEFAULT_WEBPUSH_ENDPOINT_ORIGINS
+            ),
+            webpush_ttl_seconds=_env_int("KILO_WEBPUSH_TTL_SECONDS", 86400, minimum=0),
         )
 
 

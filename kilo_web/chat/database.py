@@ -7,6 +7,7 @@ the Alembic migrations kept in ``alembic/`` at the project root.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -35,6 +36,12 @@ def make_engine(database_url: str) -> sa.Engine:
     """Create a synchronous engine for ``database_url``, creating a SQLite file's folder."""
     _ensure_sqlite_folder(database_url)
     return sa.create_engine(database_url)
+
+
+@functools.cache
+def shared_engine(database_url: str) -> sa.Engine:
+    """Return one engine per URL for this process, for code outside ``rx.session()``."""
+    return make_engine(database_url)
 
 
 def alembic_config(database_url: str) -> Config:

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
 from pathlib import Path
 
-from kilo_web.event_service.server import EventServiceServer
-from kilo_web.settings import SettingsError, get_settings
+from kilo_web.event_service.backplane import InMemoryBackplane
+from kilo_web.event_service.embedded import server_from_settings
+from kilo_web.settings import Settings, SettingsError, get_settings
 
 logger = logging.getLogger("kilo_web.event_service")
 
@@ -43,11 +45,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def serve(host: str, port: int, secret: str, max_frame_bytes: int) -> None:
+async def serve(settings: Settings, host: str, port: int) -> None:
     """Serve until SIGINT or SIGTERM."""
-    server = EventServiceServer(
-        secret=secret, host=host, port=port, max_frame_bytes=max_frame_bytes
-    )
+    # TODO: publishers in other processes reach this server only through a
+    # shared backplane (Redis pub/sub), which does not exist yet.
+    server = server_from_settings(settings, backplane=InMemoryBackplane(), host=host, port=port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -75,12 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             print(f"error: cannot read --secret-file {args.secret_file}: {exc}", file=sys.stderr)
             return 2
+    settings = dataclasses.replace(settings, jwt_secret=secret)
     asyncio.run(
         serve(
+            settings,
             args.host or settings.event_service_host,
             settings.event_service_port if args.port is None else args.port,
-            secret,
-            settings.max_frame_bytes,
         )
     )
     return 0

@@ -10,6 +10,16 @@ Invariant: ``_lock`` is held while a count changes and its frame is sent,
 and while the full set is sent on connect. So the wire sees the counts'
 transitions in order, and a context subscribed during a reconnect is sent
 either in the full set or as a diff afterwards, never both or neither.
+
+Recovery: the client remembers the stream position of each held context
+(from the subscribe acknowledgement and each event's ``seq``) and names it
+when it resubscribes after a reconnect. The server replays what was missed,
+or reports that it cannot; then handlers of ``context.recovery_failed``
+get a local event for that context and should reload it from its source.
+
+Tokens: the client reads the expiry of each token (without verifying it:
+the server does that) and fetches a fresh one before it runs out, one
+fetch at a time, sending it in band with ``auth.refresh``.
 """
 
 from __future__ import annotations
@@ -18,9 +28,11 @@ import asyncio
 import inspect
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+import jwt
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -38,6 +50,31 @@ StateHandler = Callable[[str], Awaitable[None] | None]
 
 CONNECTED = "connected"
 DISCONNECTED = "disconnected"
+RECOVERY_FAILED = "context.recovery_failed"
+"""Local event dispatched when missed events of a context could not be replayed."""
+
+
+def token_expiry(token: str) -> float | None:
+    """Return the ``exp`` claim of a JWT as a POSIX timestamp, or None if it has none.
+
+    The signature is not checked: the client only schedules its refresh.
+    """
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError:
+        return None
+    exp = claims.get("exp")
+    return float(exp) if isinstance(exp, (int, float)) else None
+
+
+def refresh_delay(expires_at: float, *, now: float, margin_seconds: float) -> float:
+    """Return how long to wait before refreshing a token that expires at ``expires_at``.
+
+    The refresh starts ``margin_seconds`` before the expiry, or at half the
+    remaining lifetime for a token shorter-lived than twice the margin.
+    """
+    remaining = expires_at - now
+    return max(0.0, remaining - margin_seconds, remaining / 2)
 
 
 def backoff_delay(attempt: int, *, minimum: float, maximum: float) -> float:
@@ -73,6 +110,7 @@ class EventServiceClient:
         reconnect_min_seconds: float = 0.5,
         reconnect_max_seconds: float = 30.0,
         stable_after_seconds: float = 5.0,
+        refresh_margin_seconds: float = 60.0,
         max_frame_bytes: int = 2**20,
         name: str | None = None,
     ) -> None:
@@ -87,7 +125,12 @@ class EventServiceClient:
         self._reconnect_min = reconnect_min_seconds
         self._reconnect_max = reconnect_max_seconds
         self._stable_after = stable_after_seconds
+        self._refresh_margin = refresh_margin_seconds
         self._max_frame_bytes = max_frame_bytes
+        self._positions: dict[str, protocol.StreamPosition] = {}
+        self._refresh_task: asyncio.Task[None] | None = None
+        self.refresh_count = 0
+        """How many tokens were accepted in band with ``auth.refresh``."""
 
         self._counts = SubscriptionCounts()
         self._handlers: dict[str, list[EventHandler]] = {}
@@ -166,6 +209,8 @@ class EventServiceClient:
         contexts = list(contexts)
         async with self._lock:
             stopped = self._counts.release(contexts)
+            for context in stopped:
+                self._positions.pop(context, None)
             if stopped:
                 await self._send_locked(protocol.Unsubscribe(contexts=tuple(stopped)))
 
@@ -228,6 +273,7 @@ class EventServiceClient:
                 ) as socket:
                     opened_at = loop.time()
                     await self._on_open(socket)
+                    self._schedule_refresh(token)
                     await self._read(socket)
             except asyncio.CancelledError:
                 raise
@@ -243,6 +289,7 @@ class EventServiceClient:
                 # get_token() or a handler may raise anything; the loop must live on.
                 logger.exception("%s: unexpected error in the connection loop", self.name)
             finally:
+                self._cancel_refresh()
                 await self._on_close()
 
             if self._closing:
@@ -254,13 +301,62 @@ class EventServiceClient:
             logger.info("%s: reconnecting in %.2f s (attempt %d)", self.name, delay, attempt)
             await asyncio.sleep(delay)
 
+    def _schedule_refresh(self, token: str) -> None:
+        self._cancel_refresh()
+        expires_at = token_expiry(token)
+        if expires_at is None:
+            return
+        self._refresh_task = asyncio.create_task(
+            self._refresh_before(expires_at), name=f"token refresh {self.name}"
+        )
+
+    def _cancel_refresh(self) -> None:
+        task, self._refresh_task = self._refresh_task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def _refresh_before(self, expires_at: float) -> None:
+        """Fetch a token before ``expires_at`` and send it; retry with backoff until it is late."""
+        attempt = 0
+        while True:
+            delay = refresh_delay(expires_at, now=time.time(), margin_seconds=self._refresh_margin)
+            await asyncio.sleep(delay if attempt == 0 else backoff_delay(
+                attempt, minimum=self._reconnect_min, maximum=self._reconnect_max))
+            try:
+                token = await self._get_token()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                attempt += 1
+                logger.warning("%s: token refresh failed (attempt %d)", self.name, attempt,
+                               exc_info=True)
+                if time.time() >= expires_at:
+                    return  # The server closes the socket; the reconnect fetches a token.
+                continue
+            new_expiry = token_expiry(token)
+            if new_expiry is None or new_expiry <= expires_at:
+                # A token that does not outlive the current one would make this
+                # loop spin; back off as after a failed fetch.
+                attempt += 1
+                logger.warning("%s: get_token() returned a token that expires no later; "
+                               "retrying (attempt %d)", self.name, attempt)
+                if time.time() >= expires_at:
+                    return
+                continue
+            async with self._lock:
+                await self._send_locked(protocol.AuthRefresh(token=token))
+            expires_at = new_expiry
+            attempt = 0
+
     async def _on_open(self, socket: ClientConnection) -> None:
         async with self._lock:
             active = self._counts.active()
             # One frame may carry at most MAX_CONTEXTS_PER_FRAME contexts.
             step = protocol.MAX_CONTEXTS_PER_FRAME
             for start in range(0, len(active), step):
-                await socket.send(protocol.encode(protocol.Subscribe(tuple(active[start : start + step]))))
+                batch = tuple(active[start : start + step])
+                since = {c: self._positions[c] for c in batch if c in self._positions}
+                await socket.send(protocol.encode(protocol.Subscribe(batch, since=since or None)))
             self._socket = socket
             self.connect_count += 1
         self._opened.set()
@@ -283,11 +379,35 @@ class EventServiceClient:
                 logger.warning("%s: ignoring malformed server frame: %s", self.name, exc.message)
                 continue
             if isinstance(frame, Event):
+                self._advance(frame)
                 await self._dispatch(frame)
+            elif isinstance(frame, protocol.Subscribed):
+                await self._acknowledged(frame)
+            elif isinstance(frame, protocol.AuthRefreshed):
+                self.refresh_count += 1
+                logger.info("%s: token refreshed in band, now valid until %s",
+                            self.name, frame.expires_at)
             elif isinstance(frame, protocol.Error):
                 logger.warning("%s: server error %s: %s", self.name, frame.code, frame.message)
                 for handler in list(self._error_handlers):
                     await self._guarded(handler, frame)
+
+    def _advance(self, event: Event) -> None:
+        position = self._positions.get(event.context)
+        if position is not None and event.seq is not None and event.seq > position.seq:
+            self._positions[event.context] = protocol.StreamPosition(position.stream, event.seq)
+
+    async def _acknowledged(self, frame: protocol.Subscribed) -> None:
+        failed = set(frame.recovery_failed or ())
+        for context, position in (frame.streams or {}).items():
+            if context not in self._counts:
+                continue
+            known = self._positions.get(context)
+            if known is None or known.stream != position.stream or context in failed:
+                self._positions[context] = position
+        for context in frame.recovery_failed or ():
+            logger.info("%s: missed events of %s could not be replayed", self.name, context)
+            await self._dispatch(Event(context=context, event=RECOVERY_FAILED, data={}))
 
     async def _dispatch(self, event: Event) -> None:
         for handler in [*self._handlers.get(event.event, ()), *self._handlers.get("*", ())]:

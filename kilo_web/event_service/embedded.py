@@ -11,9 +11,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+from kilo_web.chat.access import DatabaseAuthorizer
+from kilo_web.chat.database import make_engine
 from kilo_web.event_service.backplane import Backplane, InMemoryBackplane
 from kilo_web.event_service.server import EventServiceServer
-from kilo_web.settings import get_settings
+from kilo_web.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +30,34 @@ def get_backplane() -> Backplane:
     return _backplane
 
 
+def server_from_settings(
+    settings: Settings, *, backplane: Backplane, host: str | None = None, port: int | None = None
+) -> EventServiceServer:
+    """Build an event service configured by ``settings``, authorizing from the chat database."""
+    return EventServiceServer(
+        secret=settings.jwt_secret,
+        authorizer=DatabaseAuthorizer(make_engine(settings.database_url)),
+        host=host or settings.event_service_host,
+        port=settings.event_service_port if port is None else port,
+        backplane=backplane,
+        max_frame_bytes=settings.max_frame_bytes,
+        max_frames_per_second=settings.max_frames_per_second,
+        frame_burst=int(settings.max_frames_per_second * 4),
+        presence_grace_seconds=settings.presence_grace_seconds,
+        history_size=settings.history_size,
+        ping_interval=settings.ping_interval_seconds,
+        ping_timeout=settings.ping_timeout_seconds,
+    )
+
+
+_server: EventServiceServer | None = None
+
+
+def get_embedded_server() -> EventServiceServer | None:
+    """Return the event service running in this process, if there is one."""
+    return _server
+
+
 @contextlib.asynccontextmanager
 async def embedded_event_service() -> AsyncIterator[EventServiceServer | None]:
     """Run the event service for the lifetime of the Reflex backend, if enabled."""
@@ -37,13 +67,8 @@ async def embedded_event_service() -> AsyncIterator[EventServiceServer | None]:
                     settings.event_service_url)
         yield None
         return
-    server = EventServiceServer(
-        secret=settings.jwt_secret,
-        host=settings.event_service_host,
-        port=settings.event_service_port,
-        backplane=_backplane,
-        max_frame_bytes=settings.max_frame_bytes,
-    )
+    global _server
+    server = server_from_settings(settings, backplane=_backplane)
     try:
         await server.start()
     except OSError as exc:
@@ -52,7 +77,9 @@ async def embedded_event_service() -> AsyncIterator[EventServiceServer | None]:
             f"{settings.event_service_port}: {exc}; free the port or set "
             "KILO_EVENT_SERVICE_PORT"
         ) from exc
+    _server = server
     try:
         yield server
     finally:
+        _server = None
         await server.close()

@@ -31,6 +31,9 @@ class ErrorCode(str, enum.Enum):
     INVALID_FRAME = "invalid_frame"
     INVALID_CONTEXT = "invalid_context"
     TOO_MANY_CONTEXTS = "too_many_contexts"
+    FORBIDDEN = "forbidden"
+    INVALID_TOKEN = "invalid_token"
+    RATE_LIMITED = "rate_limited"
 
 
 class CloseCode(enum.IntEnum):
@@ -39,8 +42,11 @@ class CloseCode(enum.IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001
     MESSAGE_TOO_BIG = 1009
+    POLICY_VIOLATION = 1008
     INTERNAL_ERROR = 1011
     SERVICE_RESTART = 1012
+    TOKEN_EXPIRED = 4001
+    TOKEN_REVOKED = 4003
 
 
 class ProtocolError(ValueError):
@@ -57,10 +63,23 @@ class ProtocolError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class StreamPosition:
+    """The last event a client saw on a context: its stream id and number."""
+
+    stream: str
+    seq: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Subscribe:
-    """``context.subscribe``: start receiving events of each context."""
+    """``context.subscribe``: start receiving events of each context.
+
+    ``since`` maps a context to the last position the client saw; the
+    server replays the events after it, if it still holds them.
+    """
 
     contexts: tuple[str, ...]
+    since: dict[str, StreamPosition] | None = None
     type: str = dataclasses.field(default="context.subscribe", init=False)
 
 
@@ -72,12 +91,18 @@ class Unsubscribe:
     type: str = dataclasses.field(default="context.unsubscribe", init=False)
 
 
-ClientFrame = Subscribe | Unsubscribe
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuthRefresh:
+    """``auth.refresh``: replace the connection's token before it expires."""
 
-_CLIENT_FRAMES: dict[str, type[Subscribe] | type[Unsubscribe]] = {
-    "context.subscribe": Subscribe,
-    "context.unsubscribe": Unsubscribe,
-}
+    token: str
+    type: str = dataclasses.field(default="auth.refresh", init=False)
+
+
+ClientFrame = Subscribe | Unsubscribe | AuthRefresh
+
+_CLIENT_FRAME_TYPES = ("auth.refresh", "context.subscribe", "context.unsubscribe")
+MAX_TOKEN_LENGTH = 4096
 
 
 def _load_object(text: str | bytes) -> dict[str, Any]:
@@ -140,15 +165,56 @@ def parse_client_frame(text: str | bytes) -> ClientFrame:
         raise ProtocolError(
             ErrorCode.INVALID_FRAME, "frame is missing the string field 'type'"
         )
-    frame_class = _CLIENT_FRAMES.get(frame_type)
-    if frame_class is None:
-        known = ", ".join(sorted(_CLIENT_FRAMES))
-        raise ProtocolError(
-            ErrorCode.UNKNOWN_TYPE,
-            f"unknown frame type {frame_type[:64]!r}; expected one of {known}",
-            frame_type=frame_type[:64],
-        )
-    return frame_class(contexts=_context_list(frame, frame_type))
+    if frame_type == "context.subscribe":
+        contexts = _context_list(frame, frame_type)
+        return Subscribe(contexts=contexts, since=_since(frame, contexts))
+    if frame_type == "context.unsubscribe":
+        return Unsubscribe(contexts=_context_list(frame, frame_type))
+    if frame_type == "auth.refresh":
+        token = frame.get("token")
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
+            raise ProtocolError(
+                ErrorCode.INVALID_FRAME,
+                f"auth.refresh needs a string 'token' of 1 to {MAX_TOKEN_LENGTH} characters",
+                frame_type=frame_type,
+            )
+        return AuthRefresh(token=token)
+    known = ", ".join(_CLIENT_FRAME_TYPES)
+    raise ProtocolError(
+        ErrorCode.UNKNOWN_TYPE,
+        f"unknown frame type {frame_type[:64]!r}; expected one of {known}",
+        frame_type=frame_type[:64],
+    )
+
+
+def _since(frame: dict[str, Any], contexts: tuple[str, ...]) -> dict[str, StreamPosition] | None:
+    since = frame.get("since")
+    if since is None:
+        return None
+    problem = "'since' must map subscribed contexts to {\"stream\": string, \"seq\": integer >= 0}"
+    if not isinstance(since, dict):
+        raise ProtocolError(ErrorCode.INVALID_FRAME, problem, frame_type="context.subscribe")
+    positions: dict[str, StreamPosition] = {}
+    for context, position in since.items():
+        if context not in contexts or not isinstance(position, dict):
+            raise ProtocolError(
+                ErrorCode.INVALID_FRAME, f"{problem}; bad entry {context[:64]!r}",
+                frame_type="context.subscribe",
+            )
+        stream, seq = position.get("stream"), position.get("seq")
+        if (
+            not isinstance(stream, str)
+            or len(stream) > 64
+            or not isinstance(seq, int)
+            or isinstance(seq, bool)
+            or seq < 0
+        ):
+            raise ProtocolError(
+                ErrorCode.INVALID_FRAME, f"{problem}; bad entry {context[:64]!r}",
+                frame_type="context.subscribe",
+            )
+        positions[context] = StreamPosition(stream=stream, seq=seq)
+    return positions
 
 
 # Server to client ---------------------------------------------------------
@@ -156,20 +222,36 @@ def parse_client_frame(text: str | bytes) -> ClientFrame:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Event:
-    """``event``: something published to a context."""
+    """``event``: something published to a context, numbered by its stream."""
 
     context: str
     event: str
     data: dict[str, Any]
+    seq: int | None = None
     type: str = dataclasses.field(default="event", init=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Subscribed:
-    """``context.subscribed``: the server now delivers events of these contexts."""
+    """``context.subscribed``: the server now delivers events of these contexts.
+
+    ``streams`` gives each context's stream position at the moment of the
+    subscribe; ``recovery_failed`` lists the contexts of ``since`` whose
+    missed events could not be replayed, so the client must reload them.
+    """
 
     contexts: tuple[str, ...]
+    streams: dict[str, StreamPosition] | None = None
+    recovery_failed: tuple[str, ...] | None = None
     type: str = dataclasses.field(default="context.subscribed", init=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuthRefreshed:
+    """``auth.refreshed``: the connection now runs on the new token."""
+
+    expires_at: str
+    type: str = dataclasses.field(default="auth.refreshed", init=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -190,25 +272,55 @@ class Error:
     type: str = dataclasses.field(default="error", init=False)
 
 
-ServerFrame = Event | Subscribed | Unsubscribed | Error
+ServerFrame = Event | Subscribed | Unsubscribed | Error | AuthRefreshed
+
+_WIRE_NAMES = {"expires_at": "expiresAt"}
+
+
+def _wire_value(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, dict):
+        return {key: _wire_value(item) for key, item in value.items()}
+    if isinstance(value, StreamPosition):
+        return {"stream": value.stream, "seq": value.seq}
+    return value
 
 
 def encode(frame: ClientFrame | ServerFrame) -> str:
     """Serialise a frame to its JSON text, dropping fields that are None."""
     fields = {
-        field.name: getattr(frame, field.name)
+        _WIRE_NAMES.get(field.name, field.name): _wire_value(getattr(frame, field.name))
         for field in dataclasses.fields(frame)
         if getattr(frame, field.name) is not None
     }
-    for name in ("contexts",):
-        if name in fields:
-            fields[name] = list(fields[name])
     return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
+
+
+def encode_event(context: str, event: str, data: dict[str, Any], seq: int) -> str:
+    """Serialise an event frame; the fast path of fan-out, same output as ``encode``."""
+    return json.dumps(
+        {"type": "event", "context": context, "event": event, "data": data, "seq": seq},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
 
 
 def error_frame(error: ProtocolError) -> Error:
     """Build the ``error`` frame that answers a rejected client frame."""
     return Error(code=error.code.value, message=error.message, frame_type=error.frame_type)
+
+
+def _server_streams(value: object) -> dict[str, StreamPosition]:
+    streams: dict[str, StreamPosition] = {}
+    if not isinstance(value, dict):
+        return streams
+    for context, position in value.items():
+        if isinstance(position, dict):
+            stream, seq = position.get("stream"), position.get("seq")
+            if isinstance(stream, str) and isinstance(seq, int):
+                streams[context] = StreamPosition(stream=stream, seq=seq)
+    return streams
 
 
 def parse_server_frame(text: str | bytes) -> ServerFrame:
@@ -223,7 +335,10 @@ def parse_server_frame(text: str | bytes) -> ServerFrame:
                 "event frame needs string 'context' and 'event' and an object 'data'",
                 frame_type="event",
             )
-        return Event(context=context, event=event, data=data)
+        seq = frame.get("seq")
+        return Event(
+            context=context, event=event, data=data, seq=seq if isinstance(seq, int) else None
+        )
     if frame_type in ("context.subscribed", "context.unsubscribed"):
         contexts = frame.get("contexts")
         if not isinstance(contexts, list) or not all(isinstance(c, str) for c in contexts):
@@ -232,8 +347,23 @@ def parse_server_frame(text: str | bytes) -> ServerFrame:
                 f"{frame_type} frame needs a list of strings 'contexts'",
                 frame_type=frame_type,
             )
-        frame_class = Subscribed if frame_type == "context.subscribed" else Unsubscribed
-        return frame_class(contexts=tuple(contexts))
+        if frame_type == "context.unsubscribed":
+            return Unsubscribed(contexts=tuple(contexts))
+        return Subscribed(
+            contexts=tuple(contexts),
+            streams=_server_streams(frame.get("streams")),
+            recovery_failed=tuple(
+                c for c in frame.get("recovery_failed") or () if isinstance(c, str)
+            ),
+        )
+    if frame_type == "auth.refreshed":
+        expires_at = frame.get("expiresAt")
+        if not isinstance(expires_at, str):
+            raise ProtocolError(
+                ErrorCode.INVALID_FRAME, "auth.refreshed needs a string 'expiresAt'",
+                frame_type=frame_type,
+            )
+        return AuthRefreshed(expires_at=expires_at)
     if frame_type == "error":
         code, message = frame.get("code"), frame.get("message")
         if not isinstance(code, str) or not isinstance(message, str):

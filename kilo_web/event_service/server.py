@@ -2,24 +2,28 @@
 
 Each connection authenticates with a token at the opening handshake (an
 ``Authorization: Bearer`` header or a ``token`` query parameter), then sends
-``context.subscribe`` and ``context.unsubscribe`` frames. Events published
-through the backplane reach every local connection that holds the context.
+``context.subscribe``, ``context.unsubscribe`` and ``auth.refresh`` frames.
+Events published through the backplane reach every local connection that
+holds the context, numbered by the context's stream so a client that
+reconnects can ask for what it missed.
 
-The bookkeeping lives in ``SubscriptionTable`` and the frame parsing in
-``protocol``; this module only moves frames between sockets and them.
-A frame the server rejects gets an ``error`` frame and the socket stays
-open; a frame larger than ``max_frame_bytes`` closes it with code 1009.
+The bookkeeping lives in pure modules (``refcount``, ``presence``,
+``history``, ``limits``) and the parsing in ``protocol``; this module moves
+frames between sockets and them and runs the timers. Frames for one
+connection are written without an ``await`` between deciding and writing,
+so replays, presence state and live events reach a client in stream order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import http
 import itertools
 import logging
 import urllib.parse
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
@@ -27,7 +31,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from kilo_web.event_service import protocol
+from kilo_web.event_service.access import Authorizer
 from kilo_web.event_service.backplane import Backplane, InMemoryBackplane
+from kilo_web.event_service.contexts import PLATFORM_PRESENCE_CONTEXT, is_presence_context
+from kilo_web.event_service.history import ContextStream
+from kilo_web.event_service.limits import TokenBucket
+from kilo_web.event_service.presence import STATE, PresenceDiff, PresenceTracker
 from kilo_web.event_service.refcount import SubscriptionTable
 from kilo_web.event_service.tokens import InvalidToken, TokenClaims, decode_token
 
@@ -59,15 +68,26 @@ class _SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 
 class _Session:
-    """One authenticated connection: its id, its user and its socket."""
+    """One authenticated connection and what the server tracks for it."""
 
-    __slots__ = ("connection", "id", "claims", "log")
+    __slots__ = ("connection", "id", "claims", "log", "bucket", "expiry", "visible", "limited_at")
 
-    def __init__(self, session_id: int, connection: ServerConnection, claims: TokenClaims):
+    def __init__(
+        self, session_id: int, connection: ServerConnection, claims: TokenClaims, bucket: TokenBucket
+    ) -> None:
         self.id = session_id
         self.connection = connection
         self.claims = claims
+        self.bucket = bucket
+        self.expiry: asyncio.TimerHandle | None = None
+        self.visible: frozenset[str] = frozenset()
+        """Users this connection may see on the platform presence tier."""
+        self.limited_at = float("-inf")
         self.log = _SessionLog(logger, {"connection_id": session_id, "user_id": claims.user_id})
+
+    @property
+    def user_id(self) -> str:
+        return self.claims.user_id
 
 
 class EventServiceServer:
@@ -82,26 +102,43 @@ class EventServiceServer:
         self,
         *,
         secret: str,
+        authorizer: Authorizer,
         host: str = "127.0.0.1",
         port: int = 0,
         backplane: Backplane | None = None,
         max_frame_bytes: int = 65536,
         max_contexts_per_connection: int = MAX_CONTEXTS_PER_CONNECTION,
+        max_frames_per_second: float = 50.0,
+        frame_burst: int = 200,
+        presence_grace_seconds: float = 5.0,
+        history_size: int = 500,
+        history_linger_seconds: float = 60.0,
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
+        close_timeout: float = 5.0,
         frame_observer: FrameObserver | None = None,
     ) -> None:
         self._secret = secret
+        self._authorizer = authorizer
         self._host = host
         self._requested_port = port
         self.backplane: Backplane = backplane if backplane is not None else InMemoryBackplane()
         self._max_frame_bytes = max_frame_bytes
         self._max_contexts_per_connection = max_contexts_per_connection
+        self._max_frames_per_second = max_frames_per_second
+        self._frame_burst = frame_burst
+        self._history_size = history_size
+        self._history_linger = history_linger_seconds
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
+        self._close_timeout = close_timeout
         self._frame_observer = frame_observer
 
         self._table: SubscriptionTable[int] = SubscriptionTable()
+        self._presence: PresenceTracker[int] = PresenceTracker(grace_seconds=presence_grace_seconds)
+        self._streams: dict[str, ContextStream] = {}
+        self._lingering: dict[str, asyncio.TimerHandle] = {}
+        self._leave_timer: asyncio.TimerHandle | None = None
         self._sessions: dict[int, _Session] = {}
         # Claims verified at the handshake, until the handler takes them.
         self._claims: weakref.WeakKeyDictionary[ServerConnection, TokenClaims] = (
@@ -126,6 +163,9 @@ class EventServiceServer:
             max_size=self._max_frame_bytes,
             ping_interval=self._ping_interval,
             ping_timeout=self._ping_timeout,
+            # A peer that answers no ping will not answer the closing handshake
+            # either; this bounds how long its presence outlives it.
+            close_timeout=self._close_timeout,
         )
         logger.info("event service listening on %s", self.url)
 
@@ -139,6 +179,16 @@ class EventServiceServer:
         if self._remove_receiver is not None:
             self._remove_receiver()
             self._remove_receiver = None
+        for handle in self._lingering.values():
+            handle.cancel()
+        self._lingering.clear()
+        if self._leave_timer is not None:
+            self._leave_timer.cancel()
+            self._leave_timer = None
+        # Pending leaves are published now: nobody is left to see them, but the
+        # tracker must not carry them into a restart of this object.
+        self._presence.expire(now=float("inf"))
+        self._streams.clear()
         logger.info("event service stopped")
 
     async def __aenter__(self) -> EventServiceServer:
@@ -167,13 +217,16 @@ class EventServiceServer:
         await self.backplane.publish(context, event, data)
 
     def _deliver(self, context: str, event: str, data: dict[str, Any]) -> None:
-        holders = self._table.holders(context)
-        if not holders:
+        """Number an event from the backplane and send it to the context's holders."""
+        stream = self._streams.get(context)
+        if stream is None:
             return
-        message = protocol.encode(protocol.Event(context=context, event=event, data=data))
-        # NOTE: broadcast() applies no backpressure; a client that reads slower
-        # than events arrive buffers them until the ping timeout drops it.
-        broadcast((self._sessions[i].connection for i in holders), message)
+        _, frame = stream.append(lambda seq: protocol.encode_event(context, event, data, seq))
+        holders = self._table.holders(context)
+        if holders:
+            # NOTE: broadcast() applies no backpressure; a client that reads slower
+            # than events arrive buffers them until the ping timeout drops it.
+            broadcast((self._sessions[i].connection for i in holders), frame)
 
     # Introspection ----------------------------------------------------------
 
@@ -181,7 +234,7 @@ class EventServiceServer:
         """Return each context held by ``user_id`` with the number of their connections holding it."""
         counts: dict[str, int] = {}
         for session in self._sessions.values():
-            if session.claims.user_id != user_id:
+            if session.user_id != user_id:
                 continue
             for context in self._table.contexts_of(session.id):
                 counts[context] = counts.get(context, 0) + 1
@@ -191,15 +244,21 @@ class EventServiceServer:
         """Return the number of open connections, of one user or of all."""
         if user_id is None:
             return len(self._sessions)
-        return sum(1 for s in self._sessions.values() if s.claims.user_id == user_id)
+        return sum(1 for s in self._sessions.values() if s.user_id == user_id)
 
     def connection_ids(self, user_id: str) -> list[int]:
         """Return the ids of the open connections of ``user_id``."""
-        return [s.id for s in self._sessions.values() if s.claims.user_id == user_id]
+        return [s.id for s in self._sessions.values() if s.user_id == user_id]
 
     def contexts(self) -> list[str]:
         """Return every context some connection holds."""
         return self._table.contexts()
+
+    def present_users(self, context: str) -> list[str]:
+        """Return the users present on a presence context, grace period included."""
+        return self._presence.users(context)
+
+    # Administration ---------------------------------------------------------
 
     async def disconnect(
         self,
@@ -213,7 +272,7 @@ class EventServiceServer:
         sessions = [
             session
             for session in list(self._sessions.values())
-            if (user_id is None or session.claims.user_id == user_id)
+            if (user_id is None or session.user_id == user_id)
             and (connection_id is None or session.id == connection_id)
         ]
         for session in sessions:
@@ -221,16 +280,39 @@ class EventServiceServer:
             await session.connection.close(code, reason)
         return len(sessions)
 
-    # Connections ------------------------------------------------------------
+    async def revoke(self, user_id: str, version: int) -> int:
+        """Close the connections of ``user_id`` whose token version is below ``version``."""
+        sessions = [
+            s for s in list(self._sessions.values())
+            if s.user_id == user_id and s.claims.version < version
+        ]
+        for session in sessions:
+            session.log.info("token version %d revoked", session.claims.version)
+            await session.connection.close(protocol.CloseCode.TOKEN_REVOKED, "token revoked")
+        return len(sessions)
 
-    def _authenticate(self, connection: ServerConnection, request: Request) -> Response | None:
+    # Handshake --------------------------------------------------------------
+
+    async def _verify(self, token: str) -> TokenClaims:
+        """Check signature, claims, expiry and version; raise InvalidToken."""
+        claims = decode_token(self._secret, token)
+        current = await self._authorizer.token_version(claims.user_id)
+        if current is None:
+            raise InvalidToken(f"user {claims.user_id!r} does not exist")
+        if claims.version < current:
+            raise InvalidToken("token has been revoked; fetch a new one")
+        return claims
+
+    async def _authenticate(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
         token = _bearer_token(request)
         if token is None:
             return self._reject(
                 connection, "missing token: send 'Authorization: Bearer <token>' or ?token="
             )
         try:
-            claims = decode_token(self._secret, token)
+            claims = await self._verify(token)
         except InvalidToken as exc:
             logger.info("handshake rejected from %s: %s", connection.remote_address, exc)
             return self._reject(connection, str(exc))
@@ -243,10 +325,15 @@ class EventServiceServer:
         response.headers["WWW-Authenticate"] = 'Bearer realm="kilo_web"'
         return response
 
+    # Connections ------------------------------------------------------------
+
     async def _handle(self, connection: ServerConnection) -> None:
         claims = self._claims.pop(connection)
-        session = _Session(next(self._ids), connection, claims)
+        loop = asyncio.get_running_loop()
+        bucket = TokenBucket(self._max_frames_per_second, self._frame_burst, now=loop.time())
+        session = _Session(next(self._ids), connection, claims, bucket)
         self._sessions[session.id] = session
+        self._arm_expiry(session)
         session.log.info("connection opened (source %s)", claims.token_source)
         try:
             async for message in connection:
@@ -254,21 +341,47 @@ class EventServiceServer:
         except ConnectionClosed:
             pass
         finally:
+            if session.expiry is not None:
+                session.expiry.cancel()
             del self._sessions[session.id]
-            stopped = self._table.drop(session.id)
-            for context in stopped:
-                await self.backplane.unwatch(context)
-            session.log.info(
-                "connection closed (code %s)",
-                connection.close_code,
-            )
+            held = list(self._table.contexts_of(session.id))
+            self._release(session, held, self._table.drop(session.id))
+            session.log.info("connection closed (code %s)", connection.close_code)
+
+    def _arm_expiry(self, session: _Session) -> None:
+        """Close the connection when its token expires, unless it is refreshed first."""
+        if session.expiry is not None:
+            session.expiry.cancel()
+        loop = asyncio.get_running_loop()
+        remaining = (session.claims.expires_at - dt.datetime.now(dt.UTC)).total_seconds()
+        session.expiry = loop.call_later(max(0.0, remaining), self._expire, session)
+
+    def _expire(self, session: _Session) -> None:
+        session.log.info("token expired without auth.refresh; closing")
+        asyncio.ensure_future(
+            session.connection.close(protocol.CloseCode.TOKEN_EXPIRED, "token expired")
+        )
 
     async def _receive(self, session: _Session, message: str | bytes) -> None:
+        now = asyncio.get_running_loop().time()
+        if not session.bucket.take(now=now):
+            # One error a second at most, so a flood is not answered by a flood.
+            if now - session.limited_at >= 1.0:
+                session.limited_at = now
+                session.log.info("frame rate limit exceeded; dropping frames")
+                self._write(session, protocol.Error(
+                    code=protocol.ErrorCode.RATE_LIMITED.value,
+                    message=(
+                        f"more than {self._max_frames_per_second:g} frames per second; "
+                        "frames are dropped until the rate falls"
+                    ),
+                ))
+            return
         try:
             frame = protocol.parse_client_frame(message)
         except protocol.ProtocolError as exc:
             session.log.info("frame rejected: %s (%s)", exc.code.value, exc.message)
-            await self._send(session, protocol.error_frame(exc))
+            self._write(session, protocol.error_frame(exc))
             return
 
         if self._frame_observer is not None:
@@ -276,43 +389,184 @@ class EventServiceServer:
 
         if isinstance(frame, protocol.Subscribe):
             await self._subscribe(session, frame)
+        elif isinstance(frame, protocol.Unsubscribe):
+            self._unsubscribe(session, frame)
         else:
-            await self._unsubscribe(session, frame)
+            await self._refresh(session, frame)
+
+    def _write(self, session: _Session, frame: protocol.ServerFrame | str) -> None:
+        """Queue a frame on the connection without awaiting, keeping frame order."""
+        text = frame if isinstance(frame, str) else protocol.encode(frame)
+        broadcast([session.connection], text)
+
+    # Frames -----------------------------------------------------------------
+
+    async def _refresh(self, session: _Session, frame: protocol.AuthRefresh) -> None:
+        try:
+            claims = await self._verify(frame.token)
+        except InvalidToken as exc:
+            session.log.info("auth.refresh rejected: %s", exc)
+            self._write(session, protocol.Error(
+                code=protocol.ErrorCode.INVALID_TOKEN.value, message=str(exc),
+                frame_type=frame.type,
+            ))
+            return
+        if claims.user_id != session.user_id:
+            session.log.warning("auth.refresh for another user %s rejected", claims.user_id)
+            self._write(session, protocol.Error(
+                code=protocol.ErrorCode.INVALID_TOKEN.value,
+                message="the new token names another user; open a new connection instead",
+                frame_type=frame.type,
+            ))
+            return
+        session.claims = claims
+        self._arm_expiry(session)
+        self._write(session, protocol.AuthRefreshed(expires_at=claims.expires_at.isoformat()))
 
     async def _subscribe(self, session: _Session, frame: protocol.Subscribe) -> None:
         held = self._table.contexts_of(session.id)
         new = [c for c in frame.contexts if c not in held]
         if len(held) + len(new) > self._max_contexts_per_connection:
-            await self._send(
-                session,
-                protocol.Error(
-                    code=protocol.ErrorCode.TOO_MANY_CONTEXTS.value,
-                    message=(
-                        f"this connection holds {len(held)} contexts and may hold at most "
-                        f"{self._max_contexts_per_connection}; unsubscribe some first"
-                    ),
-                    frame_type=frame.type,
+            self._write(session, protocol.Error(
+                code=protocol.ErrorCode.TOO_MANY_CONTEXTS.value,
+                message=(
+                    f"this connection holds {len(held)} contexts and may hold at most "
+                    f"{self._max_contexts_per_connection}; unsubscribe some first"
                 ),
-            )
+                frame_type=frame.type,
+            ))
             return
-        started = self._table.subscribe(session.id, frame.contexts)
-        for context in started:
+        forbidden = await self._authorizer.forbidden_contexts(session.user_id, new) if new else []
+        if forbidden:
+            session.log.info("subscribe forbidden: %s", ", ".join(forbidden))
+            self._write(session, protocol.Error(
+                code=protocol.ErrorCode.FORBIDDEN.value,
+                message=(
+                    f"you may not subscribe to {', '.join(forbidden)}: join the instance or "
+                    "conversation first; nothing in this frame was subscribed"
+                ),
+                frame_type=frame.type,
+            ))
+            return
+        if PLATFORM_PRESENCE_CONTEXT in new:
+            session.visible = await self._authorizer.visible_users(session.user_id)
+
+        to_watch = [c for c in frame.contexts if self._open_stream(c)]
+        for context in to_watch:
             await self.backplane.watch(context)
-        await self._send(session, protocol.Subscribed(contexts=frame.contexts))
+        if session.id not in self._sessions:
+            return  # The connection closed while the backplane was busy.
 
-    async def _unsubscribe(self, session: _Session, frame: protocol.Unsubscribe) -> None:
+        # From here to the last write nothing awaits, so no event slips between.
+        self._table.subscribe(session.id, frame.contexts)
+        streams: dict[str, protocol.StreamPosition] = {}
+        replays: list[str] = []
+        failed: list[str] = []
+        since = frame.since or {}
+        for context in frame.contexts:
+            stream = self._streams[context]
+            streams[context] = protocol.StreamPosition(stream=stream.id, seq=stream.seq)
+            position = since.get(context)
+            if position is None or is_presence_context(context):
+                continue
+            frames = stream.since(position.stream, position.seq)
+            if frames is None:
+                failed.append(context)
+            else:
+                replays.extend(frames)
+        self._write(session, protocol.Subscribed(
+            contexts=frame.contexts, streams=streams, recovery_failed=tuple(failed) or None,
+        ))
+        for text in replays:
+            self._write(session, text)
+        for context in frame.contexts:
+            if is_presence_context(context):
+                self._track_presence(session, context)
+
+    def _open_stream(self, context: str) -> bool:
+        """Make sure ``context`` has a stream; return True if the backplane must watch it."""
+        lingering = self._lingering.pop(context, None)
+        if lingering is not None:
+            lingering.cancel()
+        if context in self._streams:
+            return False
+        self._streams[context] = ContextStream(self._history_size)
+        return True
+
+    def _unsubscribe(self, session: _Session, frame: protocol.Unsubscribe) -> None:
+        held = [c for c in frame.contexts if c in self._table.contexts_of(session.id)]
         stopped = self._table.unsubscribe(session.id, frame.contexts)
-        for context in stopped:
-            await self.backplane.unwatch(context)
-        await self._send(session, protocol.Unsubscribed(contexts=frame.contexts))
+        self._release(session, held, stopped)
+        self._write(session, protocol.Unsubscribed(contexts=frame.contexts))
 
-    @staticmethod
-    async def _send(session: _Session, frame: protocol.ServerFrame) -> None:
-        try:
-            await session.connection.send(protocol.encode(frame))
-        except ConnectionClosed:
-            # The reader loop sees the close and cleans up.
-            pass
+    def _release(self, session: _Session, released: Iterable[str], stopped: Iterable[str]) -> None:
+        """Untrack presence on ``released`` and let the node's ``stopped`` contexts linger."""
+        loop = asyncio.get_running_loop()
+        for context in released:
+            if is_presence_context(context):
+                self._presence.untrack(context, session.id, session.user_id, now=loop.time())
+        self._arm_leave_timer()
+        for context in stopped:
+            # Keep the stream (and its history) a while, so a client that comes
+            # straight back can still recover what it missed.
+            self._lingering[context] = loop.call_later(
+                self._history_linger, self._close_stream, context
+            )
+
+    def _close_stream(self, context: str) -> None:
+        self._lingering.pop(context, None)
+        if self._table.holders(context):
+            return
+        self._streams.pop(context, None)
+        asyncio.ensure_future(self.backplane.unwatch(context))
+
+    # Presence ---------------------------------------------------------------
+
+    def _track_presence(self, session: _Session, context: str) -> None:
+        diff = self._presence.track(context, session.id, session.user_id)
+        if diff is not None:
+            self._publish_presence(diff)
+        stream = self._streams[context]
+        users = [
+            {"userId": user} for user in self._presence.users(context)
+            if self._may_see(session, context, user)
+        ]
+        self._write(session, protocol.encode_event(context, STATE, {"users": users}, stream.seq))
+
+    def _may_see(self, viewer: _Session, context: str, user_id: str) -> bool:
+        if context != PLATFORM_PRESENCE_CONTEXT:
+            # Subscribing to an instance or conversation tier already needed membership.
+            return True
+        return user_id == viewer.user_id or user_id in viewer.visible
+
+    def _publish_presence(self, diff: PresenceDiff) -> None:
+        stream = self._streams.get(diff.context)
+        if stream is None:
+            return
+        _, frame = stream.append(
+            lambda seq: protocol.encode_event(diff.context, diff.event, {"userId": diff.user_id}, seq)
+        )
+        viewers = [
+            self._sessions[i] for i in self._table.holders(diff.context)
+            if self._may_see(self._sessions[i], diff.context, diff.user_id)
+        ]
+        broadcast((viewer.connection for viewer in viewers), frame)
+
+    def _arm_leave_timer(self) -> None:
+        deadline = self._presence.next_deadline()
+        if self._leave_timer is not None:
+            self._leave_timer.cancel()
+            self._leave_timer = None
+        if deadline is not None:
+            loop = asyncio.get_running_loop()
+            self._leave_timer = loop.call_at(deadline, self._expire_presence)
+
+    def _expire_presence(self) -> None:
+        self._leave_timer = None
+        now = asyncio.get_running_loop().time()
+        for diff in self._presence.expire(now=now):
+            self._publish_presence(diff)
+        self._arm_leave_timer()
 
 
 async def run_server(server: EventServiceServer) -> None:

@@ -75,6 +75,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+TokenIssuer = Callable[[str], Awaitable[str]]
+"""Return a fresh event-service token for a user id."""
+
 UserIdResolver = Callable[[Any], Awaitable[Any] | Any]
 """Return the signed-in user's id (or None) for a tab, given its ``EventServiceState``."""
 
@@ -82,7 +85,13 @@ UserIdResolver = Callable[[Any], Awaitable[Any] | Any]
 class _AppShell:
     """An installed app shell: the app, its tab connection registry and the user lookup."""
 
-    def __init__(self, app: rx.App, settings: Settings, resolve_user_id: UserIdResolver) -> None:
+    def __init__(
+        self,
+        app: rx.App,
+        settings: Settings,
+        resolve_user_id: UserIdResolver,
+        issue_token: TokenIssuer | None = None,
+    ) -> None:
         self.app = app
         self.resolve_user_id = resolve_user_id
         self.registry = TabConnectionRegistry(
@@ -94,6 +103,7 @@ class _AppShell:
             token_ttl_seconds=settings.token_ttl_seconds,
             reconnect_min_seconds=settings.reconnect_min_seconds,
             reconnect_max_seconds=settings.reconnect_max_seconds,
+            issue_token=issue_token,
         )
 
     async def user_id_of(self, state: SubscriptionState) -> str | None:
@@ -250,10 +260,13 @@ def install_app_shell(
     *,
     resolve_user_id: UserIdResolver,
     settings: Settings | None = None,
+    issue_token: TokenIssuer | None = None,
 ) -> TabConnectionRegistry:
     """Set up the app shell on ``app``: middleware, lifespan task and registry.
 
-    Call it once, where the app is created. ``settings`` defaults to
+    Call it once, where the app is created. ``issue_token(user_id)`` returns
+    a token for each (re)connect of a tab; without it the shell signs one
+    with token version 0. ``settings`` defaults to
     ``get_settings()``; the shell reads the event-service URL, the JWT
     secret and lifetime, the reconnect backoff, ``tab_grace_seconds`` and
     ``release_delay_seconds``. Returns the registry of tab connections.
@@ -262,7 +275,7 @@ def install_app_shell(
     if any(isinstance(middleware, SubscriptionEpochMiddleware) for middleware in app._middlewares):
         raise RuntimeError("install_app_shell() was already called for this app")
     settings = settings or get_settings()
-    shell = _AppShell(app, settings, resolve_user_id)
+    shell = _AppShell(app, settings, resolve_user_id, issue_token)
     registry = shell.registry
     _shell = shell
 

@@ -277,6 +277,7 @@ class TabConnectionRegistry:
         reconnect_min_seconds: float = 0.5,
         reconnect_max_seconds: float = 30.0,
         client_factory: ClientFactory | None = None,
+        issue_token: Callable[[str], Awaitable[str]] | None = None,
     ) -> None:
         if grace_seconds < 0 or release_delay_seconds < 0:
             raise ValueError(
@@ -293,6 +294,7 @@ class TabConnectionRegistry:
         self._reconnect_min_seconds = reconnect_min_seconds
         self._reconnect_max_seconds = reconnect_max_seconds
         self._client_factory = client_factory or self._default_client
+        self._issue_token = issue_token
         self._tabs: dict[str, TabConnection] = {}
         self._pending_closes: dict[str, asyncio.TimerHandle] = {}
         self._closing_tasks: set[asyncio.Task[None]] = set()
@@ -307,9 +309,11 @@ class TabConnectionRegistry:
         )
 
     def _token_source(self, user_id: str) -> Callable[[], Awaitable[str]]:
-        secret, ttl = self._jwt_secret, self._token_ttl_seconds
+        issue, secret, ttl = self._issue_token, self._jwt_secret, self._token_ttl_seconds
 
         async def get_token() -> str:
+            if issue is not None:
+                return await issue(user_id)
             return mint_token(secret, user_id, token_source="web", ttl_seconds=ttl)
 
         return get_token

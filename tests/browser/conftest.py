@@ -87,6 +87,19 @@ def holds_for(
     return bool(predicate())
 
 
+class OpenAuthorizer:
+    """Lets every token user subscribe anywhere: these tests exercise the hook layer."""
+
+    async def token_version(self, user_id: str) -> int:
+        return 0
+
+    async def forbidden_contexts(self, user_id: str, contexts: Any) -> list[str]:
+        return []
+
+    async def visible_users(self, user_id: str) -> frozenset[str]:
+        return frozenset()
+
+
 class RunningEventService:
     """An ``EventServiceServer`` served from a private event loop in a thread."""
 
@@ -96,7 +109,11 @@ class RunningEventService:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="event-service", daemon=True)
         self._server = EventServiceServer(
-            secret=secret, host="127.0.0.1", port=0, frame_observer=self._observe
+            secret=secret,
+            authorizer=OpenAuthorizer(),
+            host="127.0.0.1",
+            port=0,
+            frame_observer=self._observe,
         )
 
     def _observe(self, connection_id: int, frame: ClientFrame) -> None:

@@ -13,7 +13,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from kilo_web.event_service import EventServiceServer, issue_token, mint_token
 
-from .conftest import SECRET, eventually
+from .conftest import SECRET, RuleAuthorizer, eventually
 
 pytestmark = pytest.mark.asyncio
 
@@ -39,7 +39,9 @@ async def next_frame(socket) -> dict:
 async def test_handshake_accepts_bearer_header(server):
     async with open_socket(server) as socket:
         reply = await request(socket, {"type": "context.subscribe", "contexts": [X]})
-    assert reply == {"type": "context.subscribed", "contexts": [X]}
+    assert reply["type"] == "context.subscribed"
+    assert reply["contexts"] == [X]
+    assert reply["streams"][X]["seq"] == 0
 
 
 async def test_handshake_accepts_query_token(server):
@@ -91,7 +93,9 @@ async def test_subscribe_then_receive_event(server):
         await request(socket, {"type": "context.subscribe", "contexts": [X]})
         await server.publish(X, "message.created", {"id": 1})
         frame = await next_frame(socket)
-    assert frame == {"type": "event", "context": X, "event": "message.created", "data": {"id": 1}}
+    assert frame == {
+        "type": "event", "context": X, "event": "message.created", "data": {"id": 1}, "seq": 1,
+    }
 
 
 async def test_unsubscribe_stops_events(server):
@@ -120,7 +124,8 @@ async def test_subscribe_twice_is_idempotent(server):
     async with open_socket(server) as socket:
         await request(socket, {"type": "context.subscribe", "contexts": [X]})
         reply = await request(socket, {"type": "context.subscribe", "contexts": [X, X]})
-        assert reply == {"type": "context.subscribed", "contexts": [X]}
+        assert reply["type"] == "context.subscribed"
+        assert reply["contexts"] == [X]
         await server.publish(X, "test.event", {"n": 1})
         frame = await next_frame(socket)
         assert frame["data"] == {"n": 1}
@@ -181,7 +186,8 @@ async def test_bad_frame_gets_error_and_socket_survives(server, payload, code):
 
 
 async def test_too_many_contexts_per_connection(frame_log):
-    async with EventServiceServer(secret=SECRET, max_contexts_per_connection=3) as server:
+    async with EventServiceServer(secret=SECRET, authorizer=RuleAuthorizer(),
+                                   max_contexts_per_connection=3) as server:
         async with open_socket(server) as socket:
             await request(socket, {"type": "context.subscribe", "contexts": ["/k/1", "/k/2"]})
             error = await request(socket, {"type": "context.subscribe",
@@ -193,7 +199,8 @@ async def test_too_many_contexts_per_connection(frame_log):
 
 
 async def test_oversized_frame_closes_with_1009():
-    async with EventServiceServer(secret=SECRET, max_frame_bytes=2048) as server:
+    async with EventServiceServer(secret=SECRET, authorizer=RuleAuthorizer(),
+                                   max_frame_bytes=2048) as server:
         async with open_socket(server) as socket:
             await socket.send(json.dumps({"type": "context.subscribe",
                                           "contexts": ["/k/" + "a" * 4000]}))

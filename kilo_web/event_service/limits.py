@@ -1,0 +1,30 @@
+"""Rate limiting for event-service connections."""
+
+from __future__ import annotations
+
+
+class TokenBucket:
+    """Allow ``rate`` actions per second on average and bursts of ``burst``.
+
+    Pure: the caller passes the current time, so tests need no clock.
+    """
+
+    __slots__ = ("rate", "burst", "_tokens", "_updated")
+
+    def __init__(self, rate: float, burst: float, *, now: float) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError(f"invalid token bucket: rate={rate} must be > 0 and burst={burst} >= 1")
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._updated = now
+
+    def take(self, *, now: float) -> bool:
+        """Spend one token if there is one; return whether the action is allowed."""
+        elapsed = max(0.0, now - self._updated)
+        self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
+        self._updated = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
