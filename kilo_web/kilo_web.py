@@ -9,6 +9,7 @@ import reflex_local_auth
 
 from kilo_web.accounts.pages import login_page, register_page
 from kilo_web.accounts.state import current_profile_id
+from kilo_web.chat.api import create_api
 from kilo_web.chat.tokens import token_for
 from kilo_web.event_service.embedded import embedded_event_service
 from kilo_web.settings import get_settings
@@ -24,7 +25,7 @@ def index() -> rx.Component:
     return app_shell(kilo_chat_layout())
 
 
-app = rx.App()
+app = rx.App(api_transformer=create_api())
 # The event service starts before the shell's tabs connect to it.
 app.register_lifespan_task(embedded_event_service)
 install_app_shell(

@@ -1,0 +1,180 @@
+"""DatabaseAuthorizer, token versions and the /api/token endpoint on a real database."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import threading
+import time
+
+import httpx
+import jwt
+import pytest
+import uvicorn
+from reflex_local_auth.auth_session import LocalAuthSession
+
+from kilo_web.chat.access import DatabaseAuthorizer
+from kilo_web.chat.api import create_api
+from kilo_web.chat.tokens import issue_user_token, revoke_user_tokens
+from kilo_web.event_service.tokens import InvalidToken, decode_token
+from kilo_web.settings import Settings
+
+SECRET = "api-test-secret-" + "z" * 48
+
+
+@pytest.fixture
+def settings(database_url, tmp_path) -> Settings:
+    return Settings(data_dir=tmp_path, database_url=database_url, jwt_secret=SECRET)
+
+
+@pytest.fixture
+def authorizer(engine) -> DatabaseAuthorizer:
+    return DatabaseAuthorizer(engine)
+
+
+async def test_authorizer_instance_membership(authorizer, people, instance, conversation):
+    contexts = [f"/kiloclaw/{instance.id}", f"/presence/kiloclaw/{instance.id}"]
+    assert await authorizer.forbidden_contexts(str(people.bob.id), contexts) == []
+    assert await authorizer.forbidden_contexts(str(people.carol.id), contexts) == contexts
+
+
+async def test_authorizer_conversation_membership(authorizer, people, instance, conversation):
+    context = f"/kiloclaw/{instance.id}/{conversation.id}"
+    presence = f"/presence{context}"
+    assert await authorizer.forbidden_contexts(str(people.alice.id), [context, presence]) == []
+    assert await authorizer.forbidden_contexts(str(people.carol.id), [context]) == [context]
+    wrong_instance = f"/kiloclaw/other/{conversation.id}"
+    assert await authorizer.forbidden_contexts(str(people.alice.id), [wrong_instance]) == [
+        wrong_instance
+    ]
+
+
+async def test_authorizer_user_and_platform_contexts(authorizer, people):
+    own, other = f"/users/{people.alice.id}", f"/users/{people.bob.id}"
+    allowed = await authorizer.forbidden_contexts(str(people.alice.id), [own, "/presence/platform"])
+    assert allowed == []
+    assert await authorizer.forbidden_contexts(str(people.alice.id), [other]) == [other]
+    assert await authorizer.forbidden_contexts(str(people.alice.id), ["/elsewhere/x"]) == [
+        "/elsewhere/x"
+    ]
+    assert await authorizer.forbidden_contexts("not-a-number", [own]) == [own]
+
+
+async def test_authorizer_visible_users(authorizer, people, instance):
+    visible = await authorizer.visible_users(str(people.bob.id))
+    assert visible == {str(people.alice.id), str(people.bob.id), str(people.bot.id)}
+    assert await authorizer.visible_users(str(people.carol.id)) == frozenset()
+
+
+async def test_authorizer_token_version(authorizer, session, people):
+    assert await authorizer.token_version(str(people.alice.id)) == 0
+    revoke_user_tokens(session, people.alice.id)
+    assert await authorizer.token_version(str(people.alice.id)) == 1
+    assert await authorizer.token_version("999999") is None
+    assert await authorizer.token_version("abc") is None
+
+
+def test_issue_token_carries_current_version(session, people, settings):
+    revoke_user_tokens(session, people.bob.id)
+    token, expires_at = issue_user_token(session, people.bob.id, settings=settings)
+    claims = decode_token(SECRET, token)
+    assert claims.user_id == str(people.bob.id)
+    assert claims.version == 1
+    assert claims.token_source == "web"
+    assert claims.expires_at == expires_at
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def api_url(settings):
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_api(settings), host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive(), "uvicorn exited during start-up"
+        assert time.monotonic() < deadline, "uvicorn did not start within 10 s"
+        time.sleep(0.01)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def login_session(session, local_user_id: int, *, expires_in: dt.timedelta) -> str:
+    session_id = f"session-{local_user_id}-{expires_in.total_seconds()}"
+    session.add(LocalAuthSession(user_id=local_user_id, session_id=session_id,
+                                 expiration=dt.datetime.now(dt.UTC) + expires_in))
+    session.commit()
+    return session_id
+
+
+def test_token_endpoint_returns_token_and_expiry(api_url, session, people, settings):
+    session_id = login_session(session, people.alice.local_user_id, expires_in=dt.timedelta(days=1))
+    before = dt.datetime.now(dt.UTC)
+    response = httpx.post(f"{api_url}/api/token", headers={"Authorization": f"Bearer {session_id}"})
+    assert response.status_code == 200
+    body = response.json()
+    expires_at = dt.datetime.fromisoformat(body["expiresAt"])
+    assert expires_at.tzinfo is not None
+    claims = jwt.decode(body["token"], SECRET, algorithms=["HS256"])
+    assert claims["kiloUserId"] == str(people.alice.id)
+    assert claims["tokenSource"] == "web"
+    assert claims["version"] == 0
+    assert claims["exp"] == int(expires_at.timestamp())
+    lifetime = expires_at - before
+    assert dt.timedelta(minutes=59) <= lifetime <= dt.timedelta(minutes=60, seconds=5)
+
+
+@pytest.mark.parametrize(
+    "header, code",
+    [(None, "unauthorized"), ("Basic abc", "unauthorized"), ("Bearer unknown", "unauthorized")],
+    ids=["missing", "wrong-scheme", "unknown-session"],
+)
+def test_token_endpoint_rejects_bad_credentials(api_url, header, code):
+    headers = {"Authorization": header} if header else {}
+    response = httpx.post(f"{api_url}/api/token", headers=headers)
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == code
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_token_endpoint_rejects_expired_session(api_url, session, people):
+    session_id = login_session(session, people.bob.local_user_id,
+                               expires_in=-dt.timedelta(minutes=1))
+    response = httpx.post(f"{api_url}/api/token", headers={"Authorization": f"Bearer {session_id}"})
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "session_expired"
+
+
+async def test_revoked_token_refused_by_event_service(session, engine, people, settings):
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+    from kilo_web.event_service import EventServiceServer
+
+    old_token, _ = issue_user_token(session, people.alice.id, settings=settings)
+    async with EventServiceServer(secret=SECRET, authorizer=DatabaseAuthorizer(engine)) as server:
+        headers = {"Authorization": f"Bearer {old_token}"}
+        async with connect(server.url, additional_headers=headers) as open_socket:
+            new_version = revoke_user_tokens(session, people.alice.id)
+            assert await server.revoke(str(people.alice.id), new_version) == 1
+            with pytest.raises(ConnectionClosed) as closed:
+                await open_socket.recv()
+            assert closed.value.rcvd.code == 4003
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(server.url, additional_headers=headers):
+                pass
+        assert refused.value.response.status_code == 401
+        new_token, _ = issue_user_token(session, people.alice.id, settings=settings)
+        headers = {"Authorization": f"Bearer {new_token}"}
+        async with connect(server.url, additional_headers=headers) as fresh:
+            await fresh.send('{"type": "context.subscribe", "contexts": ["/presence/platform"]}')
+            assert '"context.subscribed"' in await fresh.recv()
+            assert server.connection_count(str(people.alice.id)) == 1
