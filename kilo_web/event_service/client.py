@@ -52,6 +52,8 @@ CONNECTED = "connected"
 DISCONNECTED = "disconnected"
 RECOVERY_FAILED = "context.recovery_failed"
 """Local event dispatched when missed events of a context could not be replayed."""
+SUBSCRIBED = "context.subscribed"
+"""Local event dispatched for each context the server acknowledged, with its stream position."""
 
 
 def token_expiry(token: str) -> float | None:
@@ -232,7 +234,12 @@ class EventServiceClient:
     # Handlers ---------------------------------------------------------------
 
     def on(self, event: str, handler: EventHandler) -> Callable[[], None]:
-        """Call ``handler`` for each event named ``event`` (``"*"``: every event).
+        """Call ``handler`` for each event named ``event`` (``"*"``: every server event).
+
+        Besides the server's events the client dispatches two local ones:
+        ``context.subscribed`` (data: the stream position) for each context the
+        server acknowledged, and ``context.recovery_failed`` when missed events
+        of a context could not be replayed after a reconnect.
 
         Returns a function that removes the handler.
         """
@@ -405,12 +412,18 @@ class EventServiceClient:
             known = self._positions.get(context)
             if known is None or known.stream != position.stream or context in failed:
                 self._positions[context] = position
+        for context in frame.contexts:
+            position = (frame.streams or {}).get(context)
+            data = {} if position is None else {"stream": position.stream, "seq": position.seq}
+            await self._dispatch(Event(context=context, event=SUBSCRIBED, data=data), local=True)
         for context in frame.recovery_failed or ():
             logger.info("%s: missed events of %s could not be replayed", self.name, context)
-            await self._dispatch(Event(context=context, event=RECOVERY_FAILED, data={}))
+            await self._dispatch(Event(context=context, event=RECOVERY_FAILED, data={}), local=True)
 
-    async def _dispatch(self, event: Event) -> None:
-        for handler in [*self._handlers.get(event.event, ()), *self._handlers.get("*", ())]:
+    async def _dispatch(self, event: Event, *, local: bool = False) -> None:
+        # Handlers of "*" get the server's events; local ones only by their name.
+        wildcard = () if local else self._handlers.get("*", ())
+        for handler in [*self._handlers.get(event.event, ()), *wildcard]:
             await self._guarded(handler, event)
 
     async def _guarded(self, handler: Callable[..., Any], *args: Any) -> None:

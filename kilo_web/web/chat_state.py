@@ -24,6 +24,9 @@ from kilo_web.event_service.contexts import (
     kiloclaw_instance_presence_context,
 )
 from kilo_web.event_service.embedded import get_backplane
+from kilo_web.event_service.client import RECOVERY_FAILED, SUBSCRIBED
+from kilo_web.event_service.presence import JOIN, LEAVE, STATE
+from kilo_web.event_service.presence_mirror import PresenceMirror
 from kilo_web.event_service.protocol import Event
 from kilo_web.web.shell import add_event_handler
 
@@ -46,6 +49,8 @@ class ConversationItem(TypedDict):
 
 class MemberItem(TypedDict):
     id: int
+    key: str
+    """The id as the event service names users: a string."""
     display_name: str
     is_bot: bool
 
@@ -124,6 +129,11 @@ class ChatState(reflex_local_auth.LocalAuthState):
     selected_conversation_id: str = ""
     profile_id: int = -1
     error_message: str = ""
+    instance_online: list[str] = []
+    """Users present on the selected instance's presence context."""
+    conversation_viewers: list[str] = []
+    """Users present on the open conversation's presence context: looking at it now."""
+    _presence: dict[str, dict[str, Any]] = {}
 
     @rx.var
     def conversation_context(self) -> str:
@@ -149,6 +159,12 @@ class ChatState(reflex_local_auth.LocalAuthState):
         if not self.selected_instance_id:
             return ""
         return kiloclaw_instance_presence_context(self.selected_instance_id)
+
+    @rx.var
+    def other_viewers(self) -> list[MemberItem]:
+        """The members other than the user who are looking at the open conversation."""
+        viewers = set(self.conversation_viewers)
+        return [m for m in self.members if m["key"] in viewers and m["id"] != self.profile_id]
 
     @rx.var
     def selected_conversation_title(self) -> str:
@@ -211,6 +227,7 @@ class ChatState(reflex_local_auth.LocalAuthState):
             self.selected_instance_id = ""
 
     def _reload_conversation(self) -> None:
+        self._refresh_presence_lists()
         if not self.selected_conversation_id:
             self.messages = []
             self.members = []
@@ -223,7 +240,7 @@ class ChatState(reflex_local_auth.LocalAuthState):
                 viewer_id=self.profile_id,
             )
             self.members = [
-                MemberItem(id=m.id, display_name=m.display_name, is_bot=m.is_bot)
+                MemberItem(id=m.id, key=str(m.id), display_name=m.display_name, is_bot=m.is_bot)
                 for m in service.list_members(session, self.selected_conversation_id)
             ]
         self.messages = [_item_from_view(view) for view in views]
@@ -372,6 +389,35 @@ class ChatState(reflex_local_auth.LocalAuthState):
 
     # Live events --------------------------------------------------------------
 
+    def _apply_presence_events(self, events: list[Event]) -> None:
+        """Update the presence mirrors of the selected instance and open conversation."""
+        watched = {self.instance_presence_context, self.conversation_presence_context} - {""}
+        mirrors = dict(self._presence)
+        for event in events:
+            if event.context not in watched:
+                continue
+            mirror = PresenceMirror.from_dict(mirrors.get(event.context))
+            if event.event == SUBSCRIBED:
+                mirror.reset()
+            else:
+                mirror.apply(event.event, event.data, event.seq)
+            mirrors[event.context] = mirror.to_dict()
+        self._presence = {context: mirrors[context] for context in watched if context in mirrors}
+        self._refresh_presence_lists()
+
+    def _refresh_presence_lists(self) -> None:
+        instance = self._presence.get(self.instance_presence_context) or {}
+        conversation = self._presence.get(self.conversation_presence_context) or {}
+        self.instance_online = list(instance.get("users", []))
+        self.conversation_viewers = list(conversation.get("users", []))
+
+    def _recover(self, events: list[Event]) -> None:
+        """Reload the open conversation when its missed events could not be replayed."""
+        if any(event.context == self.conversation_context for event in events):
+            logger.info("reloading conversation %s after a failed recovery",
+                        self.selected_conversation_id)
+            self._reload_conversation()
+
     def _apply_message_events(self, events: list[Event]) -> None:
         """Merge ``message.created`` events of the open conversation into ``messages``."""
         context = self.conversation_context
@@ -391,4 +437,15 @@ def _on_message_created(state: ChatState, events: list[Event]) -> None:
     state._apply_message_events(events)
 
 
+def _on_presence(state: ChatState, events: list[Event]) -> None:
+    state._apply_presence_events(events)
+
+
+def _on_recovery_failed(state: ChatState, events: list[Event]) -> None:
+    state._recover(events)
+
+
 add_event_handler("message.created", ChatState, _on_message_created)
+for _presence_event in (STATE, JOIN, LEAVE, SUBSCRIBED):
+    add_event_handler(_presence_event, ChatState, _on_presence)
+add_event_handler(RECOVERY_FAILED, ChatState, _on_recovery_failed)

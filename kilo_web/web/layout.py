@@ -11,12 +11,8 @@ from __future__ import annotations
 import reflex as rx
 
 from kilo_web.web.chat_state import ChatState, ConversationItem, InstanceItem, MemberItem, MessageItem
-from kilo_web.web.shell import use_event_subscription
-
-
-def use_presence_subscription(context: rx.Var[str] | str | None, active: rx.Var[bool] | bool = True):
-    """Hold a presence context while mounted and ``active`` is true (None or empty: nothing)."""
-    return use_event_subscription(context, active)
+from kilo_web.web.shell import use_event_subscription, use_presence_subscription
+from kilo_web.web.visibility import PageVisibilityState, page_visibility_tracker
 
 
 def _instance_button(instance: InstanceItem) -> rx.Component:
@@ -92,11 +88,35 @@ def sidebar() -> rx.Component:
 
 
 def _member_badge(member: MemberItem) -> rx.Component:
+    online = ChatState.instance_online.contains(member["key"])
     return rx.badge(
+        rx.box(
+            width="8px",
+            height="8px",
+            border_radius="50%",
+            background=rx.cond(online, "var(--green-9)", "var(--gray-6)"),
+            class_name=rx.cond(online, "presence-dot online", "presence-dot offline"),
+            title=rx.cond(online, "online", "offline"),
+        ),
         member["display_name"],
         rx.cond(member["is_bot"], " (bot)", ""),
         variant="soft",
         class_name="member",
+        data_user=member["key"],
+        data_name=member["display_name"],
+        data_online=rx.cond(online, "true", "false"),
+    )
+
+
+def _viewer_face(member: MemberItem) -> rx.Component:
+    return rx.tooltip(
+        rx.box(
+            rx.avatar(fallback=member["display_name"][0:2], size="2", radius="full"),
+            class_name="viewer",
+            data_user=member["key"],
+            data_name=member["display_name"],
+        ),
+        content=member["display_name"] + " is looking at this conversation",
     )
 
 
@@ -129,7 +149,8 @@ def message_area() -> rx.Component:
                 id="conversation-title",
             ),
             rx.spacer(),
-            rx.hstack(rx.foreach(ChatState.members, _member_badge), wrap="wrap"),
+            rx.hstack(rx.foreach(ChatState.other_viewers, _viewer_face), id="viewers", spacing="1"),
+            rx.hstack(rx.foreach(ChatState.members, _member_badge), wrap="wrap", id="members"),
             width="100%",
             align="center",
         ),
@@ -195,8 +216,13 @@ def chat_layout() -> rx.Component:
         ),
         # The open conversation's chat events, held while it is open.
         use_event_subscription(ChatState.conversation_context, True),
+        # Instance presence while the layout is shown; conversation presence
+        # only while the page is visible, so a hidden tab counts as away.
+        page_visibility_tracker(),
         use_presence_subscription(ChatState.instance_presence_context, True),
-        use_presence_subscription(ChatState.conversation_presence_context, True),
+        use_presence_subscription(
+            ChatState.conversation_presence_context, PageVisibilityState.page_visible
+        ),
         spacing="0",
         width="100%",
     )

@@ -206,9 +206,21 @@ def use_event_subscription(
     return use_subscription(context, active, state=EventServiceState)
 
 
+def use_presence_subscription(
+    context: rx.Var[str] | str | None, active: rx.Var[bool] | bool = True
+) -> SubscriptionHook:
+    """Return a component that holds a presence context on the tab's connection.
+
+    The same contract as ``use_event_subscription``: held while mounted and
+    ``active`` is true; None or an empty context holds nothing. Tie ``active``
+    to page visibility for the conversation tier, so a hidden tab leaves.
+    """
+    return use_event_subscription(context, active)
+
+
 def app_shell(*children: rx.Component, **props: Any) -> rx.Component:
     """Wrap a signed-in page: hold the platform presence context while it is shown."""
-    return rx.fragment(use_event_subscription(platform_presence_context()), *children, **props)
+    return rx.fragment(use_presence_subscription(platform_presence_context()), *children, **props)
 
 
 def _token_from_environ(environ: dict[str, Any]) -> str | None:

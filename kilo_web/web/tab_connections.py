@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from kilo_web.event_service import EventServiceClient
-from kilo_web.event_service.client import CONNECTED
+from kilo_web.event_service.client import CONNECTED, RECOVERY_FAILED, SUBSCRIBED
 from kilo_web.event_service.protocol import Event
 from kilo_web.event_service.tokens import mint_token
 
@@ -135,6 +135,9 @@ class TabConnection:
         self._closed = False
 
         client.on("*", self._inbox.put)
+        # The client's local events reach only handlers registered by name.
+        client.on(RECOVERY_FAILED, self._inbox.put)
+        client.on(SUBSCRIBED, self._inbox.put)
         client.on_state_change(self._on_client_state)
         self._inbox.put_nowait(StatusChange(ConnectionStatus.CONNECTING))
         self._tasks = [

@@ -21,11 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import PROJECT_DIR, wait_for
+from .conftest import PROJECT_DIR, holds_for, wait_for
 
 TOOLS_BIN = PROJECT_DIR / ".tools" / "bin"
 START_TIMEOUT = 300.0
 """Seconds to wait for the first compile and the frontend's package install."""
+TAB_GRACE_SECONDS = 2.0
+PRESENCE_GRACE_SECONDS = 1.0
 
 
 def free_port() -> int:
@@ -56,7 +58,8 @@ class RunningApp:
             "REFLEX_TELEMETRY_ENABLED": "false",
             "KILO_DATA_DIR": str(data_dir),
             "KILO_EVENT_SERVICE_PORT": str(free_port()),
-            "KILO_TAB_GRACE_SECONDS": "2",
+            "KILO_TAB_GRACE_SECONDS": str(TAB_GRACE_SECONDS),
+            "KILO_PRESENCE_GRACE_SECONDS": str(PRESENCE_GRACE_SECONDS),
         }
         self.environment.pop("KILO_DATABASE_URL", None)
         self.environment.pop("KILO_JWT_SECRET", None)
@@ -198,6 +201,93 @@ def test_two_users_chat_live(chat_app, browser):
         send(ann_page, "After your reload")
         ben_page.wait_for_selector(".message-text:has-text('After your reload')",
                                    timeout=15_000)
+    except Exception:
+        print(chat_app.log_tail(80))
+        raise
+    finally:
+        ann_context.close()
+        ben_context.close()
+
+
+def set_visibility(page, state: str) -> None:
+    """Make the page report ``state`` ("hidden" or "visible") as a browser tab switch would."""
+    page.evaluate(
+        """(state) => {
+            Object.defineProperty(document, "visibilityState", {value: state, configurable: true});
+            document.dispatchEvent(new Event("visibilitychange"));
+        }""",
+        state,
+    )
+
+
+def is_viewing(page, name: str) -> bool:
+    return page.locator(f".viewer[data-name='{name}']").count() == 1
+
+
+def is_online(page, name: str) -> bool:
+    return page.locator(f".member[data-name='{name}'][data-online='true']").count() == 1
+
+
+def shared_conversation(chat_app, browser, suffix: str):
+    """Sign up two users, put them in one conversation, and open it in two browsers."""
+    ann, ben, password = f"pa_{suffix}", f"pb_{suffix}", "correct horse battery"
+    ann_context, ben_context = browser.new_context(), browser.new_context()
+    ann_page, ben_page = ann_context.new_page(), ben_context.new_page()
+    sign_up(ann_page, chat_app.url, ann, password)
+    sign_up(ben_page, chat_app.url, ben, password)
+    log_in(ann_page, chat_app.url, ann, password)
+    ann_page.fill("#create-instance input[name=label]", f"Room {suffix}")
+    ann_page.press("#create-instance input[name=label]", "Enter")
+    ann_page.wait_for_selector(f".instance-item:has-text('Room {suffix}')")
+    ann_page.fill("#create-conversation input[name=title]", "Presence")
+    ann_page.press("#create-conversation input[name=title]", "Enter")
+    ann_page.wait_for_selector("#conversation-title:has-text('Presence')")
+    ann_page.fill("#add-member input[name=username]", ben)
+    ann_page.press("#add-member input[name=username]", "Enter")
+    ann_page.wait_for_selector(f".member[data-name='{ben}']")
+    log_in(ben_page, chat_app.url, ben, password)
+    ben_page.wait_for_selector("#conversation-title:has-text('Presence')")
+    return (ann, ann_context, ann_page), (ben, ben_context, ben_page)
+
+
+def test_presence_follows_visibility_reload_and_close(chat_app, browser):
+    (ann, ann_context, ann_page), (ben, ben_context, ben_page) = shared_conversation(
+        chat_app, browser, uuid.uuid4().hex[:6]
+    )
+    try:
+        wait_for(lambda: is_viewing(ann_page, ben), message="Ann sees Ben looking")
+        wait_for(lambda: is_online(ann_page, ben), message="Ann sees Ben online")
+        wait_for(lambda: is_viewing(ben_page, ann), message="Ben sees Ann looking")
+        assert not is_viewing(ann_page, ann), "nobody is shown as their own viewer"
+
+        # Ben switches to another tab: he leaves the conversation after the
+        # grace period but stays online in the instance.
+        set_visibility(ben_page, "hidden")
+        wait_for(lambda: not is_viewing(ann_page, ben), timeout=PRESENCE_GRACE_SECONDS + 10,
+                 message="Ben's face to go")
+        assert is_online(ann_page, ben)
+        set_visibility(ben_page, "visible")
+        wait_for(lambda: is_viewing(ann_page, ben), message="Ben's face to come back")
+
+        # A reload within the grace period shows Ann nothing at all.
+        ann_page.evaluate("""(name) => {
+            window.__benLeft = false;
+            const check = () => {
+                if (!document.querySelector(`.viewer[data-name='${name}']`)) window.__benLeft = true;
+            };
+            new MutationObserver(check).observe(document.body, {childList: true, subtree: true});
+        }""", ben)
+        ben_page.reload()
+        ben_page.wait_for_selector("#conversation-title:has-text('Presence')")
+        assert holds_for(lambda: not ann_page.evaluate("window.__benLeft"),
+                         TAB_GRACE_SECONDS + PRESENCE_GRACE_SECONDS + 1)
+        assert is_viewing(ann_page, ben)
+
+        # Closing the tab: Ben leaves the conversation and goes offline.
+        ben_context.close()
+        wait_for(lambda: not is_viewing(ann_page, ben) and not is_online(ann_page, ben),
+                 timeout=TAB_GRACE_SECONDS + PRESENCE_GRACE_SECONDS + 15,
+                 message="Ben to leave after closing his tab")
     except Exception:
         print(chat_app.log_tail(80))
         raise

@@ -140,3 +140,13 @@ def test_foreach_loop_variable_is_rejected() -> None:
 def test_state_must_subclass_subscription_state() -> None:
     with pytest.raises(TypeError, match="SubscriptionState"):
         use_subscription("/a", state=CompileTestPage)  # type: ignore[arg-type]
+
+
+def test_visibility_tracker_listens_for_visibilitychange():
+    from kilo_web.web.visibility import page_visibility_tracker
+
+    hooks = "".join(str(hook) for hook in page_visibility_tracker()._get_all_hooks())
+    assert 'addEventListener("visibilitychange"' in hooks
+    assert 'removeEventListener("visibilitychange"' in hooks
+    assert "set_page_visible" in hooks
+    assert hooks.rstrip().endswith("}, []);")

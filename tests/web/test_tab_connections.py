@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from kilo_web.event_service.client import RECOVERY_FAILED, SUBSCRIBED
+
 from kilo_web.event_service import EventServiceServer
 from kilo_web.event_service.protocol import Event
 from kilo_web.web.tab_connections import (
@@ -40,7 +42,11 @@ class Deliveries:
         return [item for batch_token, batch in self.batches if batch_token == token for item in batch]
 
     def events(self, token: str = TOKEN) -> list[Event]:
-        return [item for item in self.items(token) if isinstance(item, Event)]
+        """Return the server's events, without the client's local ``context.*`` ones."""
+        return [
+            item for item in self.items(token)
+            if isinstance(item, Event) and item.event not in (SUBSCRIBED, RECOVERY_FAILED)
+        ]
 
     def statuses(self, token: str = TOKEN) -> list[ConnectionStatus]:
         return [item.status for item in self.items(token) if isinstance(item, StatusChange)]
@@ -263,6 +269,7 @@ async def test_events_delivered_in_order_after_status(
     assert [event.data["n"] for event in deliveries.events()] == [0, 1, 2, 3, 4]
     assert deliveries.statuses()[:2] == [ConnectionStatus.CONNECTING, ConnectionStatus.CONNECTED]
     first_event = next(i for i, item in enumerate(deliveries.items()) if isinstance(item, Event))
+    assert deliveries.items()[first_event].event == SUBSCRIBED
     connected = deliveries.items().index(StatusChange(ConnectionStatus.CONNECTED))
     assert connected < first_event
 
@@ -279,13 +286,15 @@ async def test_burst_arrives_in_one_batch(
 
     for number in range(10):
         await server.publish("/a", "test.ping", {"n": number})
-    await eventually(lambda: tab._inbox.qsize() == 11, message="status and ten events queued")
+    # Queued: the status change, the local context.subscribed event, ten events.
+    await eventually(lambda: tab._inbox.qsize() == 12, message="status and eleven events queued")
     deliveries.gate.set()
     await eventually(lambda: len(deliveries.events()) == 10, message="ten events")
 
     assert len(deliveries.batches) == 2
     assert deliveries.batches[1][1][0] == StatusChange(ConnectionStatus.CONNECTED)
-    assert [item.data["n"] for item in deliveries.batches[1][1][1:]] == list(range(10))
+    assert deliveries.batches[1][1][1].event == SUBSCRIBED
+    assert [item.data["n"] for item in deliveries.batches[1][1][2:]] == list(range(10))
 
 
 async def test_failed_delivery_does_not_stop_later_ones(
@@ -294,7 +303,8 @@ async def test_failed_delivery_does_not_stop_later_ones(
     failures = {"left": 1}
 
     async def flaky(token: str, batch: list[DeliveryItem]) -> None:
-        if any(isinstance(item, Event) for item in batch) and failures["left"]:
+        if any(isinstance(item, Event) and item.event == "test.ping" for item in batch) \
+                and failures["left"]:
             failures["left"] -= 1
             raise RuntimeError("state update failed")
         await deliveries(token, batch)
