@@ -449,6 +449,8 @@ class EventServiceServer:
             ))
             return
         if PLATFORM_PRESENCE_CONTEXT in new:
+            # NOTE: read once per subscribe; someone who becomes a co-member
+            # later shows up only after this connection subscribes again.
             session.visible = await self._authorizer.visible_users(session.user_id)
 
         to_watch = [c for c in frame.contexts if self._open_stream(c)]
