@@ -16,6 +16,7 @@ from sqlmodel import SQLModel
 # Importing the model modules registers their tables on SQLModel.metadata,
 # which autogenerate compares with the database. Add new model modules here.
 import kilo_web.chat.models  # noqa: F401
+import kilo_web.notifications.models  # noqa: F401
 import reflex_local_auth.auth_session  # noqa: F401
 import reflex_local_auth.user  # noqa: F401
 from kilo_web.settings import get_settings

@@ -101,6 +101,12 @@ migrate_database() {
     .venv/bin/python -m alembic -c alembic.ini upgrade head
 }
 
+create_vapid_key() {
+    # The Web Push key pair; kept across runs, since every browser
+    # subscription is bound to its public key.
+    .venv/bin/python -m kilo_web.notifications.vapid
+}
+
 seed_database() {
     .venv/bin/python -m kilo_web.seed
 }
@@ -108,5 +114,6 @@ seed_database() {
 setup_virtualenv
 setup_bun
 migrate_database
+create_vapid_key
 seed_database
 log "done"

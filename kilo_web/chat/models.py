@@ -210,3 +210,29 @@ class Message(SQLModel, table=True):
     created_at: datetime.datetime = Field(
         default_factory=utc_now, sa_type=UTCDateTime, nullable=False
     )
+
+
+class ConversationReadState(SQLModel, table=True):
+    """How far one member has read one conversation.
+
+    ``last_read_seq`` is the ``seq`` of the newest message the user has read
+    and never decreases. A member without a row has read nothing since they
+    joined: messages created before ``ConversationMember.joined_at`` are never
+    unread. ``kilo_web.chat.read_state`` owns the reads and writes.
+    """
+
+    __tablename__ = "conversation_read_state"
+
+    conversation_id: str = Field(
+        sa_type=sa.String(ID_MAX_LENGTH),
+        foreign_key="conversation.id",
+        ondelete="CASCADE",
+        primary_key=True,
+    )
+    user_id: int = Field(
+        foreign_key="user_profile.id", ondelete="CASCADE", primary_key=True, index=True
+    )
+    last_read_seq: int = Field(default=0, sa_column_kwargs={"server_default": sa.text("0")})
+    updated_at: datetime.datetime = Field(
+        default_factory=utc_now, sa_type=UTCDateTime, nullable=False
+    )

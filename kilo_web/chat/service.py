@@ -19,7 +19,7 @@ import datetime
 import logging
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -460,13 +460,17 @@ async def post_message(
     sender_id: int,
     blocks: Sequence[dict[str, Any]],
     publisher: Publisher,
+    after_publish: Callable[[MessageView], None] | None = None,
 ) -> MessageView:
     """Store a message, commit it, then publish ``message.created`` to its conversation.
 
     Raises the same errors as ``create_message``, all before anything is
     written. A publish failure is logged with the message, conversation and
     instance ids and swallowed, because the message is already committed
-    and subscribers can fetch it with ``list_messages``.
+    and subscribers can fetch it with ``list_messages``. ``after_publish``
+    is called last, with the committed message. It must return at once, so
+    the notifications service only starts its push dispatch there as a
+    background task. An exception it raises is logged and swallowed.
     """
     view = create_message(
         session, conversation_id=conversation_id, sender_id=sender_id, blocks=blocks
@@ -484,6 +488,11 @@ async def post_message(
             view.conversation_id,
             view.instance_id,
         )
+    if after_publish is not None:
+        try:
+            after_publish(view)
+        except Exception:
+            logger.exception("after-publish hook failed for message %s", view.id)
     return view
 
 

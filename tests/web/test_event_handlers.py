@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Iterator
 
 import pytest
 import reflex as rx
 
 from kilo_web.event_service.protocol import Event
+from kilo_web.web import event_handlers
 from kilo_web.web.event_handlers import add_event_handler, plan_delivery, run_handlers
 
 
@@ -32,8 +34,13 @@ def _event(name: str, text: str = "") -> Event:
 
 
 @pytest.fixture
-def register() -> Iterator[Callable[..., Callable[[], None]]]:
-    """``add_event_handler`` that removes its registrations after the test."""
+def register(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Callable[[], None]]]:
+    """``add_event_handler`` on an empty registry, restored after the test.
+
+    Modules imported by other tests (the chat state) register handlers at
+    import; an empty registry keeps these checks independent of them.
+    """
+    monkeypatch.setattr(event_handlers, "_registry", collections.defaultdict(dict))
     removers: list[Callable[[], None]] = []
 
     def add(*args: object) -> Callable[[], None]:
