@@ -10,7 +10,9 @@ process; tests build ``Settings`` objects directly or call
 Variable                       Meaning
 =============================  ==============================================
 KILO_DATA_DIR                  Folder for the SQLite file and the generated
-                               JWT secret. Default: ``data`` in the project.
+                               JWT secret. Default: ``.data`` in the project;
+                               a hidden folder, because ``reflex run`` reloads
+                               the backend on changes in other folders.
 KILO_DATABASE_URL              SQLAlchemy URL of the database. Default: the
                                SQLite file ``kilo_web.db`` in KILO_DATA_DIR.
 KILO_JWT_SECRET                HS256 secret that signs event-service tokens.
@@ -255,7 +257,7 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         """Read every ``KILO_*`` variable; raise SettingsError on a bad value."""
-        data_dir = Path(_env_str("KILO_DATA_DIR", str(PROJECT_DIR / "data"))).resolve()
+        data_dir = Path(_env_str("KILO_DATA_DIR", str(PROJECT_DIR / ".data"))).resolve()
         host = _env_str("KILO_EVENT_SERVICE_HOST", "127.0.0.1")
         port = _env_int("KILO_EVENT_SERVICE_PORT", 8765, minimum=0)
         secret = os.environ.get("KILO_JWT_SECRET", "").strip()

@@ -23,7 +23,13 @@ from kilo_web.event_service.contexts import (
     kiloclaw_conversation_presence_context,
     kiloclaw_instance_presence_context,
 )
+from kilo_web.chat import read_state
+from kilo_web.chat.read_state import UNREAD_CHANGED_EVENT
+from kilo_web.event_service.contexts import user_context
 from kilo_web.event_service.embedded import get_backplane
+from kilo_web.notifications.preview import message_preview
+from kilo_web.runtime import notification_service
+from kilo_web.web.visibility import PageVisibilityState
 from kilo_web.event_service.client import RECOVERY_FAILED, SUBSCRIBED
 from kilo_web.event_service.presence import JOIN, LEAVE, STATE
 from kilo_web.event_service.presence_mirror import PresenceMirror
@@ -45,6 +51,13 @@ class ConversationItem(TypedDict):
     id: str
     title: str
     instance_id: str
+
+
+class ConversationRow(TypedDict):
+    id: str
+    title: str
+    instance_id: str
+    unread: int
 
 
 class MemberItem(TypedDict):
@@ -128,12 +141,19 @@ class ChatState(reflex_local_auth.LocalAuthState):
     selected_instance_id: str = ""
     selected_conversation_id: str = ""
     profile_id: int = -1
+    display_name: str = ""
     error_message: str = ""
+    info_message: str = ""
     instance_online: list[str] = []
     """Users present on the selected instance's presence context."""
     conversation_viewers: list[str] = []
     """Users present on the open conversation's presence context: looking at it now."""
     _presence: dict[str, dict[str, Any]] = {}
+    unread_counts: dict[str, int] = {}
+    """Unread messages per conversation id."""
+    unread_total: int = 0
+    notification: dict[str, str] = {}
+    """The newest browser notification to show while the page is hidden: id, title, body."""
 
     @rx.var
     def conversation_context(self) -> str:
@@ -183,9 +203,21 @@ class ChatState(reflex_local_auth.LocalAuthState):
         return ""
 
     @rx.var
-    def visible_conversations(self) -> list[ConversationItem]:
-        """The conversations of the selected instance."""
-        return [c for c in self.conversations if c["instance_id"] == self.selected_instance_id]
+    def visible_conversations(self) -> list[ConversationRow]:
+        """The conversations of the selected instance, with their unread counts."""
+        return [
+            ConversationRow(
+                id=c["id"], title=c["title"], instance_id=c["instance_id"],
+                unread=self.unread_counts.get(c["id"], 0),
+            )
+            for c in self.conversations
+            if c["instance_id"] == self.selected_instance_id
+        ]
+
+    @rx.var
+    def user_context(self) -> str:
+        """The user's private context, which carries ``unread.changed``; empty when signed out."""
+        return user_context(self.profile_id) if self.profile_id > 0 else ""
 
     # Loading ------------------------------------------------------------------
 
@@ -211,10 +243,12 @@ class ChatState(reflex_local_auth.LocalAuthState):
             self._open_instance(self.instances[0]["id"])
         else:
             self._reload_conversation()
+        await self._mark_open_read_if_visible()
         return None
 
     def _reload_lists(self, profile_id: int) -> None:
         with rx.session() as session:
+            self.display_name = service.get_user(session, profile_id).display_name
             self.instances = [
                 InstanceItem(id=i.id, label=i.label)
                 for i in service.list_instances_for_user(session, profile_id)
@@ -223,6 +257,9 @@ class ChatState(reflex_local_auth.LocalAuthState):
                 ConversationItem(id=c.id, title=c.title, instance_id=c.instance_id)
                 for c in service.list_conversations_for_user(session, profile_id)
             ]
+            summary = read_state.unread_summary(session, profile_id)
+        self.unread_counts = dict(summary.counts)
+        self.unread_total = summary.total
         if self.selected_instance_id not in {i["id"] for i in self.instances}:
             self.selected_instance_id = ""
 
@@ -252,6 +289,7 @@ class ChatState(reflex_local_auth.LocalAuthState):
             self.error_message = f"Instance {instance_id!r} is not in your list."
             return
         self.error_message = ""
+        self.info_message = ""
         self.selected_instance_id = instance_id
         visible = [c for c in self.conversations if c["instance_id"] == instance_id]
         self.selected_conversation_id = visible[0]["id"] if visible else ""
@@ -265,19 +303,79 @@ class ChatState(reflex_local_auth.LocalAuthState):
             self.error_message = f"Conversation {conversation_id!r} is not in your list."
             return
         self.error_message = ""
+        self.info_message = ""
         self.selected_instance_id = conversation["instance_id"]
         self.selected_conversation_id = conversation_id
         self._reload_conversation()
 
     @rx.event
-    def select_instance(self, instance_id: str):
+    async def select_instance(self, instance_id: str):
         """Show the conversations of another instance and open its first one."""
         self._open_instance(instance_id)
+        await self._mark_open_read_if_visible()
 
     @rx.event
-    def select_conversation(self, conversation_id: str):
+    async def select_conversation(self, conversation_id: str):
         """Open a conversation of the selected instance."""
         self._open_conversation(conversation_id)
+        await self._mark_open_read_if_visible()
+
+    @rx.event
+    async def page_visibility_changed(self, visible: bool):
+        """Mark the open conversation read when the page comes back into view."""
+        if visible:
+            await self._mark_open_read_if_visible()
+
+    @rx.event
+    async def mark_all_read(self):
+        """Clear every unread count of the user: the explicit "mark all read"."""
+        profile_id = await self._require_profile()
+        if profile_id is None:
+            return reflex_local_auth.LoginState.redir
+        with rx.session() as session:
+            await read_state.mark_all_read(
+                session, profile_id, publisher=get_backplane(),
+                on_change=notification_service().on_unread_changed,
+            )
+            summary = read_state.unread_summary(session, profile_id)
+        self.unread_counts = dict(summary.counts)
+        self.unread_total = summary.total
+        return None
+
+    # Read state -----------------------------------------------------------------
+
+    async def _mark_open_read_if_visible(self) -> None:
+        """Move the read position of the open conversation to its newest message."""
+        if not self.selected_conversation_id or self.profile_id <= 0:
+            return
+        visibility = await self.get_state(PageVisibilityState)
+        if not visibility.page_visible:
+            return
+        try:
+            with rx.session() as session:
+                await read_state.mark_read(
+                    session, self.selected_conversation_id, self.profile_id,
+                    publisher=get_backplane(),
+                    on_change=notification_service().on_unread_changed,
+                )
+        except ChatError as exc:
+            logger.info("marking conversation %s read failed: %s",
+                        self.selected_conversation_id, exc)
+            return
+        counts = dict(self.unread_counts)
+        self.unread_total -= counts.get(self.selected_conversation_id, 0)
+        counts[self.selected_conversation_id] = 0
+        self.unread_counts = counts
+
+    def _apply_unread(self, events: list[Event]) -> None:
+        for event in events:
+            if event.context != self.user_context:
+                continue
+            counts = event.data.get("conversations")
+            total = event.data.get("total")
+            if isinstance(counts, dict) and isinstance(total, int):
+                self.unread_counts = {str(k): int(v) for k, v in counts.items()}
+                self.unread_total = total
 
     # Writes -------------------------------------------------------------------
 
@@ -301,12 +399,14 @@ class ChatState(reflex_local_auth.LocalAuthState):
                     sender_id=profile_id,
                     blocks=text_blocks(text),
                     publisher=get_backplane(),
+                    after_publish=notification_service().after_publish,
                 )
         except ChatError as exc:
             self.error_message = str(exc)
             # Put the text back so nothing the user typed is lost.
             return rx.set_value("composer", text)
         self.error_message = ""
+        self.info_message = ""
         self.messages = merge_messages(self.messages, [_item_from_view(view)])
         return None
 
@@ -377,13 +477,18 @@ class ChatState(reflex_local_auth.LocalAuthState):
                         f"No user is named {username!r}; check the spelling of the username."
                     )
                     return None
-                service.add_conversation_member(
+                added = service.add_conversation_member(
                     session, conversation_id=self.selected_conversation_id, user_id=user.id
                 )
+                name = user.display_name
         except ChatError as exc:
             self.error_message = str(exc)
             return None
         self.error_message = ""
+        self.info_message = (
+            f"Added {name} to this conversation." if added
+            else f"{name} is already a member of this conversation."
+        )
         self._reload_conversation()
         return None
 
@@ -418,6 +523,23 @@ class ChatState(reflex_local_auth.LocalAuthState):
                         self.selected_conversation_id)
             self._reload_conversation()
 
+    def _notify_hidden(self, events: list[Event]) -> None:
+        """Offer the newest message of the open conversation as a browser notification."""
+        for event in reversed(events):
+            if event.context != self.conversation_context:
+                continue
+            try:
+                item = _item_from_event(event.data)
+            except (KeyError, TypeError, ValueError):
+                continue
+            if item["sender_id"] == self.profile_id:
+                continue
+            title = f"{self.selected_instance_label} · {self.selected_conversation_title}"
+            body = message_preview([{"type": "text", "text": item["text"]}])
+            self.notification = {"id": str(item["id"]), "title": title,
+                                 "body": f"{item['sender_name']}: {body}"}
+            return
+
     def _apply_message_events(self, events: list[Event]) -> None:
         """Merge ``message.created`` events of the open conversation into ``messages``."""
         context = self.conversation_context
@@ -433,8 +555,17 @@ class ChatState(reflex_local_auth.LocalAuthState):
             self.messages = merge_messages(self.messages, items)
 
 
-def _on_message_created(state: ChatState, events: list[Event]) -> None:
+async def _on_message_created(state: ChatState, events: list[Event]) -> None:
     state._apply_message_events(events)
+    visibility = await state.get_state(PageVisibilityState)
+    if visibility.page_visible:
+        await state._mark_open_read_if_visible()
+    else:
+        state._notify_hidden(events)
+
+
+def _on_unread_changed(state: ChatState, events: list[Event]) -> None:
+    state._apply_unread(events)
 
 
 def _on_presence(state: ChatState, events: list[Event]) -> None:
@@ -449,3 +580,4 @@ add_event_handler("message.created", ChatState, _on_message_created)
 for _presence_event in (STATE, JOIN, LEAVE, SUBSCRIBED):
     add_event_handler(_presence_event, ChatState, _on_presence)
 add_event_handler(RECOVERY_FAILED, ChatState, _on_recovery_failed)
+add_event_handler(UNREAD_CHANGED_EVENT, ChatState, _on_unread_changed)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import reflex as rx
 
-from kilo_web.web.chat_state import ChatState, ConversationItem, InstanceItem, MemberItem, MessageItem
+from kilo_web.web.chat_state import ChatState, ConversationRow, InstanceItem, MemberItem, MessageItem
 from kilo_web.web.shell import use_event_subscription, use_presence_subscription
 from kilo_web.web.visibility import PageVisibilityState, page_visibility_tracker
 
@@ -27,17 +27,74 @@ def _instance_button(instance: InstanceItem) -> rx.Component:
     )
 
 
-def _conversation_button(conversation: ConversationItem) -> rx.Component:
+def _conversation_button(conversation: ConversationRow) -> rx.Component:
     selected = conversation["id"] == ChatState.selected_conversation_id
     return rx.button(
-        "# ",
-        conversation["title"],
+        rx.text("# ", conversation["title"], flex="1", text_align="left"),
+        rx.cond(
+            conversation["unread"] > 0,
+            rx.badge(conversation["unread"], color_scheme="red", radius="full",
+                     class_name="unread-count"),
+        ),
         on_click=ChatState.select_conversation(conversation["id"]),
         variant=rx.cond(selected, "soft", "ghost"),
         width="100%",
         justify="start",
         class_name="conversation-item",
+        data_title=conversation["title"],
+        data_unread=conversation["unread"],
     )
+
+
+class DocumentTitle(rx.Fragment):
+    """Renders nothing; keeps ``document.title`` as "(unread) kilo_web"."""
+
+    def add_imports(self) -> dict[str, str]:
+        """Import ``useEffect``."""
+        return {"react": "useEffect"}
+
+    def add_hooks(self) -> list[str | rx.Var]:
+        """Return the effect that writes the title whenever the total changes."""
+        total = ChatState.unread_total
+        source = f"""
+useEffect(() => {{
+    const total = {total};
+    document.title = total > 0 ? `(${{total}}) kilo_web` : "kilo_web";
+}}, [{total}]);"""
+        return [rx.Var(_js_expr=source, _var_data=total._get_all_var_data())]
+
+
+class HiddenPageNotifier(rx.Fragment):
+    """Renders nothing; shows ``ChatState.notification`` through the Notification API.
+
+    It shows a notification only while the page is hidden and the user
+    granted permission, once per message id.
+    """
+
+    def add_imports(self) -> dict[str, str]:
+        """Import ``useEffect``."""
+        return {"react": "useEffect"}
+
+    def add_hooks(self) -> list[str | rx.Var]:
+        """Return the effect that shows each new notification."""
+        notification = ChatState.notification
+        source = f"""
+useEffect(() => {{
+    const note = {notification};
+    if (!note || !note.id || typeof Notification === "undefined") return;
+    if (document.visibilityState !== "hidden" || Notification.permission !== "granted") return;
+    if (window.__kiloLastNotification === note.id) return;
+    window.__kiloLastNotification = note.id;
+    new Notification(note.title, {{body: note.body, tag: `message-${{note.id}}`}});
+}}, [{notification}]);"""
+        return [rx.Var(_js_expr=source, _var_data=notification._get_all_var_data())]
+
+
+_REQUEST_NOTIFICATIONS = """
+if (typeof Notification !== "undefined" && Notification.permission === "default") {
+    Notification.requestPermission();
+}
+"""
 
 
 def _inline_form(name: str, placeholder: str, label: str, on_submit, form_id: str) -> rx.Component:
@@ -58,6 +115,8 @@ def sidebar() -> rx.Component:
     """Render the user's instances and the conversations of the selected one."""
     return rx.vstack(
         rx.heading("kilo_web", size="5"),
+        rx.text("Signed in as ", rx.text.strong(ChatState.display_name), size="2",
+                id="signed-in-as"),
         rx.text("Instances", size="1", weight="bold", color_scheme="gray"),
         rx.foreach(ChatState.instances, _instance_button),
         _inline_form(
@@ -77,6 +136,20 @@ def sidebar() -> rx.Component:
             ),
         ),
         rx.spacer(),
+        rx.button(
+            "Mark all read",
+            on_click=ChatState.mark_all_read,
+            variant="outline",
+            size="1",
+            disabled=ChatState.unread_total == 0,
+            id="mark-all-read",
+        ),
+        rx.button(
+            "Enable notifications",
+            on_click=rx.call_script(_REQUEST_NOTIFICATIONS),
+            variant="outline",
+            size="1",
+        ),
         rx.button("Log out", on_click=ChatState.do_logout, variant="outline", size="1"),
         width="260px",
         min_width="260px",
@@ -128,7 +201,8 @@ def _message_row(message: MessageItem) -> rx.Component:
             rx.moment(message["created_at"], format="HH:mm", size="1", color="gray"),
             align="baseline",
         ),
-        rx.text(message["text"], white_space="pre-wrap", size="3", class_name="message-text"),
+        rx.text(message["text"], white_space="pre-wrap", overflow_wrap="anywhere", size="3",
+                class_name="message-text"),
         padding="0.5em 0.75em",
         border_radius="8px",
         background=rx.cond(mine, "var(--accent-a3)", "var(--gray-a2)"),
@@ -188,9 +262,17 @@ def message_area() -> rx.Component:
 
 
 def _error_banner() -> rx.Component:
-    return rx.cond(
-        ChatState.error_message != "",
-        rx.callout(ChatState.error_message, color_scheme="red", id="error-message"),
+    return rx.fragment(
+        rx.cond(
+            ChatState.error_message != "",
+            rx.callout(ChatState.error_message, color_scheme="red", id="error-message",
+                       width="100%"),
+        ),
+        rx.cond(
+            ChatState.info_message != "",
+            rx.callout(ChatState.info_message, color_scheme="green", id="info-message",
+                       width="100%"),
+        ),
     )
 
 
@@ -218,7 +300,11 @@ def chat_layout() -> rx.Component:
         use_event_subscription(ChatState.conversation_context, True),
         # Instance presence while the layout is shown; conversation presence
         # only while the page is visible, so a hidden tab counts as away.
-        page_visibility_tracker(),
+        page_visibility_tracker(on_change=ChatState.page_visibility_changed),
+        # Unread counts and badge changes for this user.
+        use_event_subscription(ChatState.user_context, True),
+        DocumentTitle.create(),
+        HiddenPageNotifier.create(),
         use_presence_subscription(ChatState.instance_presence_context, True),
         use_presence_subscription(
             ChatState.conversation_presence_context, PageVisibilityState.page_visible

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from reflex_base.components.component import field
 from typing import Any
 
 import reflex as rx
@@ -32,14 +33,21 @@ class PageVisibilityState(rx.State):
 class PageVisibilityTracker(Fragment):
     """Renders nothing; reports the page's visibility to ``PageVisibilityState``."""
 
+    # Not named on_*: Reflex treats such props as event triggers of the element.
+    change_handler: Any = field(default=None, is_javascript_property=False)
+    """An event handler that also gets each change, as ``handler(visible)``."""
+
     def add_imports(self) -> dict[str, str]:
         """Import ``useEffect`` for the listener."""
         return {"react": "useEffect"}
 
     def add_hooks(self) -> list[str | Var[Any]]:
         """Return the effect that listens for ``visibilitychange``."""
-        spec = PageVisibilityState.set_page_visible(Var(_LOCAL_VISIBLE).to(bool))
-        report = LiteralVar.create(EventChain.create(spec, args_spec=no_args_event_spec))
+        visible = Var(_LOCAL_VISIBLE).to(bool)
+        specs = [PageVisibilityState.set_page_visible(visible)]
+        if self.change_handler is not None:
+            specs.append(self.change_handler(visible))
+        report = LiteralVar.create(EventChain.create(specs, args_spec=no_args_event_spec))
         source = f"""
 useEffect(() => {{
     const report = () => {{
@@ -53,6 +61,10 @@ useEffect(() => {{
         return [Var(_js_expr=source, _var_data=VarData.merge(report._get_all_var_data()))]
 
 
-def page_visibility_tracker() -> PageVisibilityTracker:
-    """Return the component that keeps ``PageVisibilityState.page_visible`` current."""
-    return PageVisibilityTracker.create()
+def page_visibility_tracker(on_change: Any = None) -> PageVisibilityTracker:
+    """Return the component that keeps ``PageVisibilityState.page_visible`` current.
+
+    ``on_change``, an event handler taking the new visibility, runs after
+    the state is updated, on mount and on each change.
+    """
+    return PageVisibilityTracker.create(change_handler=on_change)

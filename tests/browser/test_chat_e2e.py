@@ -57,6 +57,9 @@ class RunningApp:
             "REFLEX_USE_SYSTEM_BUN": "1",
             "REFLEX_TELEMETRY_ENABLED": "false",
             "KILO_DATA_DIR": str(data_dir),
+            # A web folder of its own, so the test never rewrites the .web of
+            # an app the developer is running from the same checkout.
+            "REFLEX_WEB_WORKDIR": str(data_dir.parent / "web"),
             "KILO_EVENT_SERVICE_PORT": str(free_port()),
             "KILO_TAB_GRACE_SECONDS": str(TAB_GRACE_SECONDS),
             "KILO_PRESENCE_GRACE_SECONDS": str(PRESENCE_GRACE_SECONDS),
@@ -71,10 +74,11 @@ class RunningApp:
         return f"http://127.0.0.1:{self.frontend_port}"
 
     def start(self) -> None:
-        subprocess.run(
-            [sys.executable, "-m", "alembic", "-c", "alembic.ini", "upgrade", "head"],
-            cwd=PROJECT_DIR, env=self.environment, check=True, capture_output=True,
-        )
+        # The set-up steps of scripts/setup.sh, on this app's own data folder.
+        for command in (["-m", "alembic", "-c", "alembic.ini", "upgrade", "head"],
+                        ["-m", "kilo_web.notifications.vapid"]):
+            subprocess.run([sys.executable, *command], cwd=PROJECT_DIR, env=self.environment,
+                           check=True, capture_output=True)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [str(PROJECT_DIR / ".venv" / "bin" / "reflex"), "run",
@@ -91,10 +95,13 @@ class RunningApp:
             message=lambda: f"the app to serve; log tail:\n{self.log_tail()}",
         )
         if self._exited():
-            raise AssertionError(f"reflex run exited early; log tail:\n{self.log_tail()}")
+            raise AssertionError(f"the app failed to start; log tail:\n{self.log_tail()}")
 
     def _exited(self) -> bool:
-        return self.process is not None and self.process.poll() is not None
+        if self.process is not None and self.process.poll() is not None:
+            return True
+        # Reflex keeps running when its backend worker dies at start-up.
+        return "Unexpected exit from worker" in self.log_tail(200)
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -288,6 +295,90 @@ def test_presence_follows_visibility_reload_and_close(chat_app, browser):
         wait_for(lambda: not is_viewing(ann_page, ben) and not is_online(ann_page, ben),
                  timeout=TAB_GRACE_SECONDS + PRESENCE_GRACE_SECONDS + 15,
                  message="Ben to leave after closing his tab")
+    except Exception:
+        print(chat_app.log_tail(80))
+        raise
+    finally:
+        ann_context.close()
+        ben_context.close()
+
+
+def unread_of(page, title: str) -> int:
+    button = page.locator(f".conversation-item[data-title='{title}']")
+    return int(button.get_attribute("data-unread") or 0) if button.count() == 1 else -1
+
+
+def test_unread_counts_follow_reads_live(chat_app, browser):
+    suffix = uuid.uuid4().hex[:6]
+    ann, ben, password = f"ua_{suffix}", f"ub_{suffix}", "correct horse battery"
+    ann_context, ben_context = browser.new_context(), browser.new_context()
+    ann_page, ben_page = ann_context.new_page(), ben_context.new_page()
+    try:
+        sign_up(ann_page, chat_app.url, ann, password)
+        sign_up(ben_page, chat_app.url, ben, password)
+        log_in(ann_page, chat_app.url, ann, password)
+        ann_page.fill("#create-instance input[name=label]", f"Counts {suffix}")
+        ann_page.press("#create-instance input[name=label]", "Enter")
+        ann_page.wait_for_selector(f".instance-item:has-text('Counts {suffix}')")
+        for title in ("Alpha", "Beta"):
+            ann_page.fill("#create-conversation input[name=title]", title)
+            ann_page.press("#create-conversation input[name=title]", "Enter")
+            ann_page.wait_for_selector(f"#conversation-title:has-text('{title}')")
+            ann_page.fill("#add-member input[name=username]", ben)
+            ann_page.press("#add-member input[name=username]", "Enter")
+            ann_page.wait_for_selector(f".member[data-name='{ben}']")
+
+        log_in(ben_page, chat_app.url, ben, password)
+        ben_page.wait_for_selector("#conversation-title:has-text('Alpha')")
+        ann_page.locator(".conversation-item[data-title='Alpha']").click()
+        ann_page.wait_for_selector("#conversation-title:has-text('Alpha')")
+        # Seeing Ben arrive first proves Ann's presence view of Alpha is loaded.
+        wait_for(lambda: is_viewing(ann_page, ben), message="Ann sees Ben viewing Alpha")
+        # Ben looks elsewhere, so Alpha's messages count as unread for him too.
+        set_visibility(ben_page, "hidden")
+        wait_for(lambda: not is_viewing(ann_page, ben), timeout=PRESENCE_GRACE_SECONDS + 10,
+                 message="Ben to stop viewing Alpha")
+
+        for number in range(2):
+            send(ann_page, f"alpha {number}")
+            ann_page.wait_for_selector(f".message-text:has-text('alpha {number}')")
+        ann_page.locator(".conversation-item[data-title='Beta']").click()
+        ann_page.wait_for_selector("#conversation-title:has-text('Beta')")
+        for number in range(3):
+            send(ann_page, f"beta {number}")
+            ann_page.wait_for_selector(f".message-text:has-text('beta {number}')")
+
+        wait_for(lambda: (unread_of(ben_page, "Alpha"), unread_of(ben_page, "Beta")) == (2, 3),
+                 message=lambda: f"Ben's counts {unread_of(ben_page, 'Alpha')}, "
+                                 f"{unread_of(ben_page, 'Beta')}")
+        wait_for(lambda: ben_page.title() == "(5) kilo_web",
+                 message=lambda: f"Ben's title {ben_page.title()!r}")
+        assert unread_of(ann_page, "Alpha") == 0
+        assert unread_of(ann_page, "Beta") == 0
+
+        # Ben comes back to Alpha: only Alpha is read.
+        set_visibility(ben_page, "visible")
+        wait_for(lambda: (unread_of(ben_page, "Alpha"), unread_of(ben_page, "Beta")) == (0, 3),
+                 message=lambda: f"Ben's counts after reading Alpha {unread_of(ben_page, 'Alpha')}, "
+                                 f"{unread_of(ben_page, 'Beta')}")
+        wait_for(lambda: ben_page.title() == "(3) kilo_web",
+                 message=lambda: f"Ben's title {ben_page.title()!r}")
+
+        # A message to the conversation Ben is looking at never counts.
+        ann_page.locator(".conversation-item[data-title='Alpha']").click()
+        send(ann_page, "seen at once")
+        ben_page.wait_for_selector(".message-text:has-text('seen at once')")
+        assert holds_for(lambda: unread_of(ben_page, "Alpha") == 0, 1.5)
+
+        # Only the explicit button clears the rest.
+        ben_page.locator("#mark-all-read").click()
+        wait_for(lambda: unread_of(ben_page, "Beta") == 0, message="Beta cleared")
+        wait_for(lambda: ben_page.title() == "kilo_web", message="title without count")
+
+        # Counts survive a reload from the database.
+        ben_page.reload()
+        ben_page.wait_for_selector("#conversation-title")
+        assert unread_of(ben_page, "Beta") == 0
     except Exception:
         print(chat_app.log_tail(80))
         raise

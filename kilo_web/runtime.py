@@ -1,0 +1,51 @@
+"""Process-wide services of the embedded app: notifications and presence lookups.
+
+Built lazily on first use, because building the notifications service
+reads the VAPID key, which set-up creates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import AsyncIterator
+
+import reflex as rx
+
+from kilo_web.event_service.contexts import kiloclaw_conversation_presence_context
+from kilo_web.event_service.embedded import get_backplane, get_embedded_server
+from kilo_web.notifications.service import NotificationService
+from kilo_web.settings import get_settings
+
+
+async def conversation_viewers(instance_id: str, conversation_id: str) -> set[int]:
+    """Return the users who have the conversation open in a visible page.
+
+    Conversation presence is held only while the page is visible. A user
+    who just hid the page still counts during the presence grace period.
+    """
+    server = get_embedded_server()
+    if server is None:
+        # TODO: with a separate event-service process, presence is not
+        # readable here yet, so every member counts as away.
+        return set()
+    context = kiloclaw_conversation_presence_context(instance_id, conversation_id)
+    return {int(user) for user in server.present_users(context) if user.isdigit()}
+
+
+@functools.cache
+def notification_service() -> NotificationService:
+    """Return this process's notifications service."""
+    return NotificationService.from_settings(
+        get_settings(),
+        session_factory=rx.session,
+        publisher=get_backplane(),
+        viewers=conversation_viewers,
+    )
+
+
+@contextlib.asynccontextmanager
+async def notifications_lifespan() -> AsyncIterator[None]:
+    """Run the cleanup timer, the receipt poller and pending resends with the backend."""
+    async with notification_service().lifespan():
+        yield
