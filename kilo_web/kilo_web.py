@@ -18,7 +18,17 @@ from kilo_web.web.chat_state import ChatState
 from kilo_web.web.layout import kilo_chat_layout
 from kilo_web.web.shell import app_shell, install_app_shell
 
-logging.getLogger("kilo_web").setLevel(get_settings().log_level)
+def _configure_logging() -> None:
+    """Send the kilo_web loggers to stderr; Reflex configures no handler for them."""
+    package_logger = logging.getLogger("kilo_web")
+    package_logger.setLevel(get_settings().log_level)
+    if not package_logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        package_logger.addHandler(handler)
+
+
+_configure_logging()
 
 
 def index() -> rx.Component:

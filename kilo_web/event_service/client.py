@@ -53,7 +53,13 @@ DISCONNECTED = "disconnected"
 RECOVERY_FAILED = "context.recovery_failed"
 """Local event dispatched when missed events of a context could not be replayed."""
 SUBSCRIBED = "context.subscribed"
-"""Local event dispatched for each context the server acknowledged, with its stream position."""
+"""Local event dispatched for each context the server acknowledged.
+
+Its data holds the stream position (``stream``, ``seq``) and ``recovered``:
+true when the events missed while disconnected were replayed. When it is
+false, anything published before the subscription is not coming; a
+consumer that shows a history should reload it from its source.
+"""
 
 
 def token_expiry(token: str) -> float | None:
@@ -130,6 +136,8 @@ class EventServiceClient:
         self._refresh_margin = refresh_margin_seconds
         self._max_frame_bytes = max_frame_bytes
         self._positions: dict[str, protocol.StreamPosition] = {}
+        self._recovering: set[str] = set()
+        """Contexts resubscribed with ``since`` whose acknowledgement is pending."""
         self._refresh_task: asyncio.Task[None] | None = None
         self.refresh_count = 0
         """How many tokens were accepted in band with ``auth.refresh``."""
@@ -363,6 +371,7 @@ class EventServiceClient:
             for start in range(0, len(active), step):
                 batch = tuple(active[start : start + step])
                 since = {c: self._positions[c] for c in batch if c in self._positions}
+                self._recovering.update(since)
                 await socket.send(protocol.encode(protocol.Subscribe(batch, since=since or None)))
             self._socket = socket
             self.connect_count += 1
@@ -414,7 +423,10 @@ class EventServiceClient:
                 self._positions[context] = position
         for context in frame.contexts:
             position = (frame.streams or {}).get(context)
-            data = {} if position is None else {"stream": position.stream, "seq": position.seq}
+            data: dict[str, Any] = {"recovered": context in self._recovering and context not in failed}
+            self._recovering.discard(context)
+            if position is not None:
+                data.update(stream=position.stream, seq=position.seq)
             await self._dispatch(Event(context=context, event=SUBSCRIBED, data=data), local=True)
         for context in frame.recovery_failed or ():
             logger.info("%s: missed events of %s could not be replayed", self.name, context)

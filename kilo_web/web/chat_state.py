@@ -517,8 +517,18 @@ class ChatState(reflex_local_auth.LocalAuthState):
         self.conversation_viewers = list(conversation.get("users", []))
 
     def _recover(self, events: list[Event]) -> None:
-        """Reload the open conversation when its missed events could not be replayed."""
-        if any(event.context == self.conversation_context for event in events):
+        """Reload the open conversation when events may have been missed.
+
+        That is after a failed recovery, and after a subscription that started
+        afresh (a new tab connection, a backend restart): messages posted
+        before it took effect arrive only from the database.
+        """
+        def missed(event: Event) -> bool:
+            if event.event == RECOVERY_FAILED:
+                return True
+            return event.event == SUBSCRIBED and not event.data.get("recovered", False)
+
+        if any(event.context == self.conversation_context and missed(event) for event in events):
             logger.info("reloading conversation %s after a failed recovery",
                         self.selected_conversation_id)
             self._reload_conversation()
@@ -570,6 +580,7 @@ def _on_unread_changed(state: ChatState, events: list[Event]) -> None:
 
 def _on_presence(state: ChatState, events: list[Event]) -> None:
     state._apply_presence_events(events)
+    state._recover(events)
 
 
 def _on_recovery_failed(state: ChatState, events: list[Event]) -> None:

@@ -60,8 +60,11 @@ class RunningApp:
             # A web folder of its own, so the test never rewrites the .web of
             # an app the developer is running from the same checkout.
             "REFLEX_WEB_WORKDIR": str(data_dir.parent / "web"),
+            # Touching a file here restarts the backend, as an edit would.
+            "REFLEX_HOT_RELOAD_INCLUDE_PATHS": str(data_dir.parent / "reload"),
             "KILO_EVENT_SERVICE_PORT": str(free_port()),
             "KILO_TAB_GRACE_SECONDS": str(TAB_GRACE_SECONDS),
+            "KILO_LOG_LEVEL": "INFO",
             "KILO_PRESENCE_GRACE_SECONDS": str(PRESENCE_GRACE_SECONDS),
         }
         self.environment.pop("KILO_DATABASE_URL", None)
@@ -73,7 +76,25 @@ class RunningApp:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.frontend_port}"
 
+    @property
+    def reload_trigger(self) -> Path:
+        # Reflex ignores changes to .txt, .json, .db and a few other kinds of file.
+        return Path(self.environment["REFLEX_HOT_RELOAD_INCLUDE_PATHS"]) / "restart.trigger"
+
+    def log_count(self, text: str) -> int:
+        """Return how often ``text`` occurs in the app's log so far."""
+        try:
+            return self.log_path.read_text(errors="replace").count(text)
+        except FileNotFoundError:
+            return 0
+
+    def backend_starts(self) -> int:
+        """Return how often the backend started so far."""
+        return self.log_count("event service listening on")
+
     def start(self) -> None:
+        self.reload_trigger.parent.mkdir(parents=True, exist_ok=True)
+        self.reload_trigger.write_text("0")
         # The set-up steps of scripts/setup.sh, on this app's own data folder.
         for command in (["-m", "alembic", "-c", "alembic.ini", "upgrade", "head"],
                         ["-m", "kilo_web.notifications.vapid"]):
@@ -379,6 +400,42 @@ def test_unread_counts_follow_reads_live(chat_app, browser):
         ben_page.reload()
         ben_page.wait_for_selector("#conversation-title")
         assert unread_of(ben_page, "Beta") == 0
+    except Exception:
+        print(chat_app.log_tail(80))
+        raise
+    finally:
+        ann_context.close()
+        ben_context.close()
+
+
+def test_live_chat_survives_backend_restart(chat_app, browser):
+    (ann, ann_context, ann_page), (ben, ben_context, ben_page) = shared_conversation(
+        chat_app, browser, uuid.uuid4().hex[:6]
+    )
+    try:
+        send(ann_page, "before the restart")
+        ben_page.wait_for_selector(".message-text:has-text('before the restart')")
+
+        starts = chat_app.backend_starts()
+        tab_connections = chat_app.log_count("opened an event-service connection")
+        chat_app.reload_trigger.write_text(str(starts))
+        wait_for(lambda: chat_app.backend_starts() > starts, timeout=60,
+                 message=lambda: f"a backend restart; log tail:\n{chat_app.log_tail()}")
+        # Both tabs are back once the new backend opened their connections.
+        # NOTE: an event a page sends while its Reflex socket is still bound
+        # to the stopping backend can be lost; this waits that window out.
+        wait_for(lambda: chat_app.log_count("opened an event-service connection")
+                 >= tab_connections + 2, timeout=30,
+                 message=lambda: f"both tabs to reconnect; log tail:\n{chat_app.log_tail()}")
+
+        # The pages reconnect, hydrate, and every mounted hook subscribes again
+        # to the new event service: live messages flow both ways once more.
+        send(ann_page, "after the restart")
+        ben_page.wait_for_selector(".message-text:has-text('after the restart')", timeout=30_000)
+        send(ben_page, "ben after the restart")
+        ann_page.wait_for_selector(".message-text:has-text('ben after the restart')",
+                                   timeout=30_000)
+        wait_for(lambda: is_viewing(ann_page, ben), message="Ben's presence back")
     except Exception:
         print(chat_app.log_tail(80))
         raise
