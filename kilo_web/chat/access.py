@@ -1,4 +1,4 @@
-"""Who may subscribe to which event-service context, answered from the chat database.
+"""Who may subscribe to which event-service context, decided from the chat database.
 
 =================================  ============================================
 Context                            Who may subscribe

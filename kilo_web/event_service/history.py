@@ -2,10 +2,10 @@
 
 Every event a node delivers on a context gets the next number of that
 context's stream. A stream has a random id, made when the node starts
-watching the context; a client that resubscribes names the stream id and
-the last number it saw, and gets the events after it replayed, or learns
-that recovery failed (another stream, or events no longer held), and then
-reloads from the source of truth.
+watching the context. A client that resubscribes names the stream id and
+the last number it saw. It then gets the events after that number
+replayed, or learns that recovery failed (another stream, or events no
+longer kept) and reloads from the source of truth.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from kilo_web.event_service.presence import JOIN, LEAVE, STATE
 
 @dataclasses.dataclass
 class PresenceMirror:
-    """The users present on one context, as far as this client knows."""
+    """The users present on one context, as this client last saw them."""
 
     users: list[str] = dataclasses.field(default_factory=list)
     seq: int | None = None

@@ -132,7 +132,7 @@ def merge_messages(current: list[MessageItem], new: list[MessageItem]) -> list[M
 
 
 class ChatState(reflex_local_auth.LocalAuthState):
-    """What the chat page shows for the signed-in user."""
+    """The chat page's data for the signed-in user."""
 
     instances: list[InstanceItem] = []
     conversations: list[ConversationItem] = []

@@ -3,7 +3,7 @@
 ``page_visibility_tracker()`` adds an effect that reports
 ``document.visibilityState`` to ``PageVisibilityState`` on mount and on every
 ``visibilitychange``; pass ``PageVisibilityState.page_visible`` as a hook's
-``active`` flag. Nothing here knows about chat.
+``active`` flag. The module has no chat-specific code.
 """
 
 from __future__ import annotations

@@ -178,3 +178,84 @@ async def test_revoked_token_refused_by_event_service(session, engine, people, s
             await fresh.send('{"type": "context.subscribe", "contexts": ["/presence/platform"]}')
             assert '"context.subscribed"' in await fresh.recv()
             assert server.connection_count(str(people.alice.id)) == 1
+
+
+def auth_headers(session, profile) -> dict[str, str]:
+    session_id = login_session(session, profile.local_user_id, expires_in=dt.timedelta(days=1))
+    return {"Authorization": f"Bearer {session_id}"}
+
+
+EXPO_TOKEN = "ExponentPushToken[abcdefghijklmnopqrstuv]"
+WEBPUSH = {
+    "kind": "webpush",
+    "endpoint": "https://fcm.googleapis.com/fcm/send/abc123",
+    "keys": {
+        "p256dh": "BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtUbVlUls0VJXg7A8u-Ts1XbjhazAkj7I99e8QcYP7DkM",
+        "auth": "tBHItJI5svbpez7KI4CCXg",
+    },
+}
+
+
+def test_devices_register_list_remove(api_url, session, people):
+    headers = auth_headers(session, people.alice)
+    expo = httpx.post(f"{api_url}/api/devices", headers=headers,
+                      json={"kind": "expo", "token": EXPO_TOKEN})
+    assert expo.status_code == 201
+    assert expo.json()["device"]["kind"] == "expo"
+    web = httpx.post(f"{api_url}/api/devices", headers=headers, json=WEBPUSH)
+    assert web.status_code == 201
+    assert web.json()["device"]["origin"] == "https://fcm.googleapis.com"
+
+    again = httpx.post(f"{api_url}/api/devices", headers=headers,
+                       json={"kind": "expo", "token": EXPO_TOKEN})
+    assert again.json()["device"]["id"] == expo.json()["device"]["id"]
+
+    listed = httpx.get(f"{api_url}/api/devices", headers=headers).json()["devices"]
+    assert sorted(d["kind"] for d in listed) == ["expo", "webpush"]
+    assert all(EXPO_TOKEN not in str(d) for d in listed)
+
+    device_id = expo.json()["device"]["id"]
+    removed = httpx.delete(f"{api_url}/api/devices/{device_id}", headers=headers)
+    assert removed.status_code == 200
+    listed = httpx.get(f"{api_url}/api/devices", headers=headers).json()["devices"]
+    assert [d["kind"] for d in listed] == ["webpush"]
+
+
+def test_devices_of_others_are_not_removable(api_url, session, people):
+    alice, bob = auth_headers(session, people.alice), auth_headers(session, people.bob)
+    device = httpx.post(f"{api_url}/api/devices", headers=alice,
+                        json={"kind": "expo", "token": EXPO_TOKEN}).json()["device"]
+    response = httpx.delete(f"{api_url}/api/devices/{device['id']}", headers=bob)
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+    assert len(httpx.get(f"{api_url}/api/devices", headers=alice).json()["devices"]) == 1
+
+
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        ({"kind": "fax"}, "invalid_device"),
+        ({"kind": "expo", "token": "not-a-token"}, "invalid_device"),
+        ({**WEBPUSH, "endpoint": "https://evil.example/push"}, "invalid_device"),
+        ({"kind": "webpush", "endpoint": WEBPUSH["endpoint"]}, "invalid_device"),
+        ([1, 2], "invalid_body"),
+    ],
+    ids=["kind", "expo-token", "origin", "keys", "not-object"],
+)
+def test_devices_reject_bad_input(api_url, session, people, body, code):
+    response = httpx.post(f"{api_url}/api/devices", headers=auth_headers(session, people.bob),
+                          json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == code
+    assert response.json()["error"]["message"]
+
+
+def test_devices_reject_invalid_json(api_url, session, people):
+    response = httpx.post(f"{api_url}/api/devices", headers=auth_headers(session, people.bob),
+                          content=b"{not json")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_json"
+
+
+def test_devices_need_login(api_url):
+    assert httpx.get(f"{api_url}/api/devices").status_code == 401
