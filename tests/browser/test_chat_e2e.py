@@ -442,3 +442,47 @@ def test_live_chat_survives_backend_restart(chat_app, browser):
     finally:
         ann_context.close()
         ben_context.close()
+
+
+# The operating system's notification centre is out of reach of a headless
+# browser, so the page gets a Notification class that records what it shows.
+RECORDING_NOTIFICATION = """
+window.__notifications = [];
+window.Notification = class {
+    constructor(title, options) { window.__notifications.push({title, body: options.body}); }
+    static get permission() { return "granted"; }
+    static requestPermission() { return Promise.resolve("granted"); }
+};
+"""
+
+
+def test_hidden_page_shows_browser_notification(chat_app, browser):
+    (ann, ann_context, ann_page), (ben, ben_context, ben_page) = shared_conversation(
+        chat_app, browser, uuid.uuid4().hex[:6]
+    )
+    try:
+        ben_context.add_init_script(RECORDING_NOTIFICATION)
+        ben_page.reload()
+        ben_page.wait_for_selector("#conversation-title:has-text('Presence')")
+
+        send(ann_page, "while you look")
+        ben_page.wait_for_selector(".message-text:has-text('while you look')")
+        assert ben_page.evaluate("window.__notifications") == []
+
+        set_visibility(ben_page, "hidden")
+        send(ann_page, "while you are away")
+        wait_for(lambda: ben_page.evaluate("window.__notifications"),
+                 message="a notification on Ben's hidden page")
+        notes = ben_page.evaluate("window.__notifications")
+        assert len(notes) == 1
+        assert notes[0]["title"].endswith("· Presence")
+        assert notes[0]["body"] == f"{ann}: while you are away"
+
+        # Ann's own page never notifies her of her own messages.
+        assert ann_page.evaluate("window.__notifications ?? null") is None
+    except Exception:
+        print(chat_app.log_tail(80))
+        raise
+    finally:
+        ann_context.close()
+        ben_context.close()
