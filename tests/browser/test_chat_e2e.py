@@ -174,6 +174,24 @@ def send(page, text: str) -> None:
     page.press("#composer", "Enter")
 
 
+def create_instance(page, label: str) -> None:
+    page.fill("#create-instance input[name=label]", label)
+    page.press("#create-instance input[name=label]", "Enter")
+    page.wait_for_selector(f".instance-item:has-text('{label}')")
+
+
+def create_conversation(page, title: str) -> None:
+    page.fill("#create-conversation input[name=title]", title)
+    page.press("#create-conversation input[name=title]", "Enter")
+    page.wait_for_selector(f"#conversation-title:has-text('{title}')")
+
+
+def add_member(page, username: str) -> None:
+    page.fill("#add-member input[name=username]", username)
+    page.press("#add-member input[name=username]", "Enter")
+    page.wait_for_selector(f".member[data-name='{username}']")
+
+
 def message_texts(page) -> list[str]:
     return page.locator(".message-text").all_inner_texts()
 
@@ -188,15 +206,9 @@ def test_two_users_chat_live(chat_app, browser):
         sign_up(ben_page, chat_app.url, ben, password)
 
         log_in(ann_page, chat_app.url, ann, password)
-        ann_page.fill("#create-instance input[name=label]", "Test sandbox")
-        ann_page.press("#create-instance input[name=label]", "Enter")
-        ann_page.wait_for_selector(".instance-item:has-text('Test sandbox')")
-        ann_page.fill("#create-conversation input[name=title]", "Plans")
-        ann_page.press("#create-conversation input[name=title]", "Enter")
-        ann_page.wait_for_selector("#conversation-title:has-text('Plans')")
-        ann_page.fill("#add-member input[name=username]", ben)
-        ann_page.press("#add-member input[name=username]", "Enter")
-        ann_page.wait_for_selector(f".member:has-text('{ben}')")
+        create_instance(ann_page, "Test sandbox")
+        create_conversation(ann_page, "Plans")
+        add_member(ann_page, ben)
 
         log_in(ben_page, chat_app.url, ben, password)
         ben_page.wait_for_selector("#conversation-title:has-text('Plans')")
@@ -264,15 +276,9 @@ def shared_conversation(chat_app, browser, suffix: str):
     sign_up(ann_page, chat_app.url, ann, password)
     sign_up(ben_page, chat_app.url, ben, password)
     log_in(ann_page, chat_app.url, ann, password)
-    ann_page.fill("#create-instance input[name=label]", f"Room {suffix}")
-    ann_page.press("#create-instance input[name=label]", "Enter")
-    ann_page.wait_for_selector(f".instance-item:has-text('Room {suffix}')")
-    ann_page.fill("#create-conversation input[name=title]", "Presence")
-    ann_page.press("#create-conversation input[name=title]", "Enter")
-    ann_page.wait_for_selector("#conversation-title:has-text('Presence')")
-    ann_page.fill("#add-member input[name=username]", ben)
-    ann_page.press("#add-member input[name=username]", "Enter")
-    ann_page.wait_for_selector(f".member[data-name='{ben}']")
+    create_instance(ann_page, f"Room {suffix}")
+    create_conversation(ann_page, "Presence")
+    add_member(ann_page, ben)
     log_in(ben_page, chat_app.url, ben, password)
     ben_page.wait_for_selector("#conversation-title:has-text('Presence')")
     return (ann, ann_context, ann_page), (ben, ben_context, ben_page)
@@ -338,16 +344,10 @@ def test_unread_counts_follow_reads_live(chat_app, browser):
         sign_up(ann_page, chat_app.url, ann, password)
         sign_up(ben_page, chat_app.url, ben, password)
         log_in(ann_page, chat_app.url, ann, password)
-        ann_page.fill("#create-instance input[name=label]", f"Counts {suffix}")
-        ann_page.press("#create-instance input[name=label]", "Enter")
-        ann_page.wait_for_selector(f".instance-item:has-text('Counts {suffix}')")
+        create_instance(ann_page, f"Counts {suffix}")
         for title in ("Alpha", "Beta"):
-            ann_page.fill("#create-conversation input[name=title]", title)
-            ann_page.press("#create-conversation input[name=title]", "Enter")
-            ann_page.wait_for_selector(f"#conversation-title:has-text('{title}')")
-            ann_page.fill("#add-member input[name=username]", ben)
-            ann_page.press("#add-member input[name=username]", "Enter")
-            ann_page.wait_for_selector(f".member[data-name='{ben}']")
+            create_conversation(ann_page, title)
+            add_member(ann_page, ben)
 
         log_in(ben_page, chat_app.url, ben, password)
         ben_page.wait_for_selector("#conversation-title:has-text('Alpha')")
