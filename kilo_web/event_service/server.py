@@ -185,8 +185,8 @@ class EventServiceServer:
         if self._leave_timer is not None:
             self._leave_timer.cancel()
             self._leave_timer = None
-        # Pending leaves are published now: nobody is left to see them, but the
-        # tracker must not carry them into a restart of this object.
+        # Pending leaves are dropped unsent, because no connection is left to
+        # receive them, and the tracker must not carry them into a restart.
         self._presence.expire(now=float("inf"))
         self._streams.clear()
         logger.info("event service stopped")
