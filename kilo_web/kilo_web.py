@@ -12,7 +12,7 @@ from kilo_web.accounts.state import current_profile_id
 from kilo_web.chat.api import create_api
 from kilo_web.chat.tokens import token_for
 from kilo_web.event_service.embedded import embedded_event_service
-from kilo_web.runtime import notifications_lifespan
+from kilo_web.runtime import notification_service, notifications_lifespan
 from kilo_web.settings import get_settings
 from kilo_web.web.chat_state import ChatState
 from kilo_web.web.layout import kilo_chat_layout
@@ -36,7 +36,9 @@ def index() -> rx.Component:
     return app_shell(kilo_chat_layout())
 
 
-app = rx.App(api_transformer=create_api())
+app = rx.App(
+    api_transformer=create_api(after_publish=lambda view: notification_service().after_publish(view))
+)
 # The event service starts before the shell's tabs connect to it.
 app.register_lifespan_task(embedded_event_service)
 app.register_lifespan_task(notifications_lifespan)

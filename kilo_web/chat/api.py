@@ -9,7 +9,13 @@ session token the web app keeps after a login (reflex-local-auth's
 ``GET /api/devices``       the caller's active push devices
 ``POST /api/devices``      register an Expo token or a Web Push subscription
 ``DELETE /api/devices/ID`` remove one of the caller's devices
+``GET .../messages``       a page of a conversation's messages (``before``,
+                           ``after``, ``limit``)
+``POST .../messages``      post a message; ``clientMessageId`` makes it
+                           idempotent
 =========================  ===============================================
+
+(``...`` is ``/api/conversations/{conversation id}``.)
 
 Every error has one JSON shape::
 
@@ -21,6 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 from reflex_local_auth.auth_session import LocalAuthSession
@@ -32,7 +39,11 @@ from starlette.routing import Route
 
 from kilo_web.accounts.users import ensure_profile
 from kilo_web.chat.database import shared_engine
-from kilo_web.chat.errors import ChatError
+from kilo_web.chat import service
+from kilo_web.chat.content import text_blocks
+from kilo_web.chat.errors import ChatError, NotAMemberError, NotFoundError
+from kilo_web.chat.service import MessageView
+from kilo_web.event_service.embedded import get_backplane
 from kilo_web.chat.tokens import issue_user_token
 from kilo_web.notifications.devices import (
     DeviceView,
@@ -193,13 +204,109 @@ async def delete_device(request: Request) -> JSONResponse:
     return JSONResponse({"removed": device_id})
 
 
-def create_api(settings: Settings | None = None) -> Starlette:
+def _message_json(view: MessageView) -> dict[str, Any]:
+    return {"id": view.id, **view.to_event_data()}
+
+
+def _query_int(request: Request, name: str) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ApiError(400, "invalid_parameter",
+                       f"query parameter {name}={raw!r} is not an integer") from None
+
+
+async def list_conversation_messages(request: Request) -> JSONResponse:
+    """``GET /api/conversations/{id}/messages``: a page of messages in ``seq`` order.
+
+    ``before=SEQ`` pages back through history, ``after=SEQ`` catches up from
+    a known message, ``limit`` is the page size. The response's ``before``
+    cursor is the seq to pass for the previous page, or null at the start.
+    """
+    settings: Settings = request.app.state.settings
+    conversation_id = request.path_params["conversation_id"]
+    try:
+        before, after = _query_int(request, "before"), _query_int(request, "after")
+        limit = _query_int(request, "limit")
+        if limit is None:
+            limit = service.DEFAULT_PAGE_SIZE
+        with Session(shared_engine(settings.database_url)) as session:
+            user_id = authenticate(session, request)
+            views = service.list_messages(session, conversation_id, limit=limit,
+                                          before_seq=before, after_seq=after, viewer_id=user_id)
+    except ApiError as exc:
+        return exc.response()
+    except ChatError as exc:
+        return _chat_error(exc).response()
+    cursor = views[0].seq if views and views[0].seq > 1 else None
+    return JSONResponse({"messages": [_message_json(v) for v in views], "before": cursor})
+
+
+async def post_conversation_message(request: Request) -> JSONResponse:
+    """``POST /api/conversations/{id}/messages``: post ``{"text": ...}`` or ``{"blocks": [...]}``.
+
+    ``clientMessageId`` makes the post idempotent: a repeat from the same
+    sender returns the first message (status 200 instead of 201) and fans
+    out nothing new.
+    """
+    settings: Settings = request.app.state.settings
+    conversation_id = request.path_params["conversation_id"]
+    try:
+        body = await _json_object(request)
+        blocks = body.get("blocks")
+        if blocks is None and isinstance(body.get("text"), str):
+            blocks = text_blocks(body["text"])
+        if blocks is None:
+            raise ApiError(400, "invalid_body", "send a string 'text' or a list 'blocks'")
+        client_message_id = body.get("clientMessageId")
+        with Session(shared_engine(settings.database_url)) as session:
+            user_id = authenticate(session, request)
+            repeat = client_message_id is not None and service.find_client_message(
+                session, sender_id=user_id, client_message_id=str(client_message_id)
+            ) is not None
+            view = await service.post_message(
+                session,
+                conversation_id=conversation_id,
+                sender_id=user_id,
+                blocks=blocks,
+                publisher=get_backplane(),
+                after_publish=request.app.state.after_publish,
+                client_message_id=client_message_id,
+            )
+    except ApiError as exc:
+        return exc.response()
+    except ChatError as exc:
+        return _chat_error(exc).response()
+    return JSONResponse({"message": _message_json(view)}, status_code=200 if repeat else 201)
+
+
+def _chat_error(exc: ChatError) -> ApiError:
+    if isinstance(exc, NotFoundError):
+        return ApiError(404, "not_found", str(exc))
+    if isinstance(exc, NotAMemberError):
+        return ApiError(403, "forbidden", str(exc))
+    return ApiError(400, "invalid_input", str(exc))
+
+
+def create_api(
+    settings: Settings | None = None,
+    *,
+    after_publish: Callable[[MessageView], None] | None = None,
+) -> Starlette:
     """Build the Starlette app that Reflex mounts its own routes under."""
     api = Starlette(routes=[
         Route("/api/token", create_token, methods=["POST"]),
         Route("/api/devices", list_user_devices, methods=["GET"]),
         Route("/api/devices", register_device, methods=["POST"]),
         Route("/api/devices/{device_id:int}", delete_device, methods=["DELETE"]),
+        Route("/api/conversations/{conversation_id}/messages", list_conversation_messages,
+              methods=["GET"]),
+        Route("/api/conversations/{conversation_id}/messages", post_conversation_message,
+              methods=["POST"]),
     ])
+    api.state.after_publish = after_publish
     api.state.settings = settings or get_settings()
     return api

@@ -20,6 +20,7 @@ from reflex_local_auth.user import LocalUser
 from sqlmodel import Field, SQLModel
 
 ID_MAX_LENGTH = 64
+CLIENT_MESSAGE_ID_MAX_LENGTH = 64
 """Maximum length of an instance or conversation id; equal to the context segment limit."""
 
 LABEL_MAX_LENGTH = 200
@@ -195,6 +196,9 @@ class Message(SQLModel, table=True):
     __tablename__ = "message"
     __table_args__ = (
         sa.UniqueConstraint("conversation_id", "seq", name="uq_message_conversation_seq"),
+        sa.UniqueConstraint(
+            "sender_id", "client_message_id", name="uq_message_sender_client_message_id"
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -207,6 +211,10 @@ class Message(SQLModel, table=True):
     seq: int = Field(nullable=False)
     sender_id: int = Field(foreign_key="user_profile.id", nullable=False, index=True)
     content: list[dict[str, Any]] = Field(sa_type=sa.JSON, nullable=False)
+    client_message_id: str | None = Field(
+        default=None, sa_type=sa.String(CLIENT_MESSAGE_ID_MAX_LENGTH), nullable=True
+    )
+    """The sender's own id for the message; a repeat post with it returns this message."""
     created_at: datetime.datetime = Field(
         default_factory=utc_now, sa_type=UTCDateTime, nullable=False
     )

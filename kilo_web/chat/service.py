@@ -37,6 +37,7 @@ from kilo_web.chat.errors import (
     UserNotFoundError,
 )
 from kilo_web.chat.models import (
+    CLIENT_MESSAGE_ID_MAX_LENGTH,
     ID_MAX_LENGTH,
     LABEL_MAX_LENGTH,
     Conversation,
@@ -60,6 +61,7 @@ MAX_PAGE_SIZE = 200
 """Largest ``limit`` that ``list_messages`` accepts."""
 
 _ID_PATTERN = re.compile(rf"[A-Za-z0-9-]{{1,{ID_MAX_LENGTH}}}")
+_CLIENT_MESSAGE_ID = re.compile(rf"[A-Za-z0-9_.:-]{{1,{CLIENT_MESSAGE_ID_MAX_LENGTH}}}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -75,6 +77,7 @@ class MessageView:
     sender_is_bot: bool
     blocks: tuple[dict[str, str], ...]
     created_at: datetime.datetime
+    client_message_id: str | None = None
 
     def to_event_data(self) -> dict[str, Any]:
         """Return the JSON payload of the ``message.created`` event."""
@@ -88,6 +91,7 @@ class MessageView:
             "senderIsBot": self.sender_is_bot,
             "blocks": [dict(block) for block in self.blocks],
             "createdAt": self.created_at.isoformat(),
+            "clientMessageId": self.client_message_id,
         }
 
 
@@ -388,12 +392,55 @@ def add_conversation_member(session: Session, *, conversation_id: str, user_id: 
     return True
 
 
+def _check_client_message_id(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _CLIENT_MESSAGE_ID.fullmatch(value):
+        raise InvalidIdError(
+            f"invalid client message id {value!r}: use 1 to {CLIENT_MESSAGE_ID_MAX_LENGTH} "
+            "letters, digits or _ . : -"
+        )
+    return value
+
+
+def find_client_message(
+    session: Session, *, sender_id: int, client_message_id: str
+) -> MessageView | None:
+    """Return the message ``sender_id`` posted with ``client_message_id``, or None."""
+    row = session.exec(
+        select(Message, UserProfile.display_name, UserProfile.is_bot, Conversation.instance_id)
+        .join(UserProfile, UserProfile.id == Message.sender_id)
+        .join(Conversation, Conversation.id == Message.conversation_id)
+        .where(Message.sender_id == sender_id, Message.client_message_id == client_message_id)
+    ).first()
+    if row is None:
+        return None
+    message, display_name, is_bot, instance_id = row
+    return _message_view(message, instance_id, display_name, is_bot)
+
+
+def _message_view(message: Message, instance_id: str, display_name: str, is_bot: bool) -> MessageView:
+    return MessageView(
+        id=message.id,
+        conversation_id=message.conversation_id,
+        instance_id=instance_id,
+        seq=message.seq,
+        sender_id=message.sender_id,
+        sender_display_name=display_name,
+        sender_is_bot=is_bot,
+        blocks=tuple(message.content),
+        created_at=message.created_at,
+        client_message_id=message.client_message_id,
+    )
+
+
 def create_message(
     session: Session,
     *,
     conversation_id: str,
     sender_id: int,
     blocks: Sequence[dict[str, Any]],
+    client_message_id: str | None = None,
 ) -> MessageView:
     """Validate, store and commit a message without publishing it.
 
@@ -403,6 +450,7 @@ def create_message(
     sender is not a member of the conversation.
     """
     cleaned_blocks = validate_blocks(blocks)
+    client_message_id = _check_client_message_id(client_message_id)
     conversation = get_conversation(session, conversation_id)
     instance_id = conversation.instance_id
     sender = get_user(session, sender_id)
@@ -424,6 +472,7 @@ def create_message(
             seq=seq,
             sender_id=sender_id,
             content=cleaned_blocks,
+            client_message_id=client_message_id,
             created_at=utc_now(),
         )
         session.add(message)
@@ -438,8 +487,16 @@ def create_message(
             sender_is_bot=sender_is_bot,
             blocks=tuple(cleaned_blocks),
             created_at=message.created_at,
+            client_message_id=client_message_id,
         )
         session.commit()
+    except sa.exc.IntegrityError as error:
+        session.rollback()
+        if client_message_id is not None:
+            raise AlreadyExistsError(
+                f"client message id {client_message_id!r} was already used by user {sender_id}"
+            ) from error
+        raise
     except BaseException:
         session.rollback()
         raise
@@ -461,8 +518,13 @@ async def post_message(
     blocks: Sequence[dict[str, Any]],
     publisher: Publisher,
     after_publish: Callable[[MessageView], None] | None = None,
+    client_message_id: str | None = None,
 ) -> MessageView:
     """Store a message, commit it, then publish ``message.created`` to its conversation.
+
+    With ``client_message_id``, a repeat from the same sender returns the
+    message stored first and publishes nothing, also when the repeats race.
+    Raises InvalidInputError when the id was used for another conversation.
 
     Raises the same errors as ``create_message``, all before anything is
     written. A publish failure is logged with the message, conversation and
@@ -472,9 +534,29 @@ async def post_message(
     the notifications service only starts its push dispatch there as a
     background task. An exception it raises is logged and swallowed.
     """
-    view = create_message(
-        session, conversation_id=conversation_id, sender_id=sender_id, blocks=blocks
-    )
+    if client_message_id is not None:
+        _check_client_message_id(client_message_id)
+        existing = find_client_message(
+            session, sender_id=sender_id, client_message_id=client_message_id
+        )
+        if existing is not None:
+            return _repeated(existing, conversation_id)
+    try:
+        view = create_message(
+            session,
+            conversation_id=conversation_id,
+            sender_id=sender_id,
+            blocks=blocks,
+            client_message_id=client_message_id,
+        )
+    except AlreadyExistsError:
+        # A concurrent repeat committed first: answer with its message.
+        existing = find_client_message(
+            session, sender_id=sender_id, client_message_id=client_message_id or ""
+        )
+        if existing is None:
+            raise
+        return _repeated(existing, conversation_id)
     try:
         context = kiloclaw_conversation_context(view.instance_id, view.conversation_id)
         await publisher.publish(context, MESSAGE_CREATED_EVENT, view.to_event_data())
@@ -494,6 +576,17 @@ async def post_message(
         except Exception:
             logger.exception("after-publish hook failed for message %s", view.id)
     return view
+
+
+def _repeated(existing: MessageView, conversation_id: str) -> MessageView:
+    if existing.conversation_id != conversation_id:
+        raise InvalidIdError(
+            f"client message id {existing.client_message_id!r} was already used in another "
+            "conversation; generate a new id for each message"
+        )
+    logger.info("repeat of client message %s returned message %s",
+                existing.client_message_id, existing.id)
+    return existing
 
 
 def list_messages(
@@ -537,16 +630,6 @@ def list_messages(
         rows.reverse()
 
     return [
-        MessageView(
-            id=message.id,
-            conversation_id=conversation_id,
-            instance_id=conversation.instance_id,
-            seq=message.seq,
-            sender_id=message.sender_id,
-            sender_display_name=display_name,
-            sender_is_bot=is_bot,
-            blocks=tuple(message.content),
-            created_at=message.created_at,
-        )
+        _message_view(message, conversation.instance_id, display_name, is_bot)
         for message, display_name, is_bot in rows
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import socket
 import threading
@@ -259,3 +260,78 @@ def test_devices_reject_invalid_json(api_url, session, people):
 
 def test_devices_need_login(api_url):
     assert httpx.get(f"{api_url}/api/devices").status_code == 401
+
+
+@pytest.fixture
+def published(conversation):
+    """Events the API publishes on the conversation's context, through the process backplane."""
+    from kilo_web.event_service.contexts import kiloclaw_conversation_context
+    from kilo_web.event_service.embedded import get_backplane
+
+    backplane = get_backplane()
+    context = kiloclaw_conversation_context(conversation.instance_id, conversation.id)
+    events: list[tuple[str, dict]] = []
+    remove = backplane.add_receiver(lambda ctx, event, data: events.append((event, data))
+                                    if ctx == context else None)
+    asyncio.run(backplane.watch(context))
+    yield events
+    asyncio.run(backplane.unwatch(context))
+    remove()
+
+
+def test_messages_post_is_idempotent(api_url, session, people, conversation, published):
+    headers = auth_headers(session, people.alice)
+    url = f"{api_url}/api/conversations/{conversation.id}/messages"
+    first = httpx.post(url, headers=headers, json={"text": "hi", "clientMessageId": "m-1"})
+    assert first.status_code == 201
+    repeat = httpx.post(url, headers=headers, json={"text": "hi", "clientMessageId": "m-1"})
+    assert repeat.status_code == 200
+    assert repeat.json()["message"]["id"] == first.json()["message"]["id"]
+    assert [event for event, _ in published] == ["message.created"]
+    assert published[0][1]["clientMessageId"] == "m-1"
+
+
+def test_messages_list_pages_back(api_url, session, people, conversation):
+    headers = auth_headers(session, people.bob)
+    url = f"{api_url}/api/conversations/{conversation.id}/messages"
+    for number in range(5):
+        response = httpx.post(url, headers=headers, json={"text": f"n{number}"})
+        assert response.status_code == 201
+    page = httpx.get(url, headers=headers, params={"limit": 2}).json()
+    assert [m["blocks"][0]["text"] for m in page["messages"]] == ["n3", "n4"]
+    older = httpx.get(url, headers=headers, params={"limit": 2, "before": page["before"]}).json()
+    assert [m["blocks"][0]["text"] for m in older["messages"]] == ["n1", "n2"]
+    newer = httpx.get(url, headers=headers, params={"after": 3}).json()
+    assert [m["seq"] for m in newer["messages"]] == [4, 5]
+    first = httpx.get(url, headers=headers, params={"before": 2}).json()
+    assert first["before"] is None
+
+
+@pytest.mark.parametrize(
+    "path, method, body, status, code",
+    [
+        ("/api/conversations/nope/messages", "GET", None, 404, "not_found"),
+        ("/api/conversations/conv-1/messages?limit=x", "GET", None, 400, "invalid_parameter"),
+        ("/api/conversations/conv-1/messages?limit=0", "GET", None, 400, "invalid_input"),
+        ("/api/conversations/conv-1/messages", "POST", {"text": ""}, 400, "invalid_input"),
+        ("/api/conversations/conv-1/messages", "POST", {"nothing": 1}, 400, "invalid_body"),
+        ("/api/conversations/conv-1/messages", "POST",
+         {"text": "x", "clientMessageId": "bad id"}, 400, "invalid_input"),
+    ],
+    ids=["unknown", "limit-text", "limit-zero", "empty", "no-text", "bad-client-id"],
+)
+def test_messages_bad_requests(api_url, session, people, conversation, path, method, body,
+                               status, code):
+    response = httpx.request(method, f"{api_url}{path}", headers=auth_headers(session, people.alice),
+                             json=body)
+    assert response.status_code == status
+    assert response.json()["error"]["code"] == code
+
+
+def test_messages_need_membership(api_url, session, people, conversation):
+    headers = auth_headers(session, people.carol)
+    url = f"{api_url}/api/conversations/{conversation.id}/messages"
+    assert httpx.get(url, headers=headers).status_code == 403
+    response = httpx.post(url, headers=headers, json={"text": "let me in"})
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "forbidden"

@@ -75,6 +75,7 @@ async def test_post_message_publishes_created_event(session, people, conversatio
         "senderIsBot": False,
         "blocks": [{"type": "text", "text": "hello"}],
         "createdAt": view.created_at.isoformat(),
+        "clientMessageId": None,
     }
 
 
