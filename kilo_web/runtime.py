@@ -15,6 +15,7 @@ import reflex as rx
 from kilo_web.event_service.contexts import kiloclaw_conversation_presence_context
 from kilo_web.event_service.embedded import get_backplane, get_embedded_server
 from kilo_web.notifications.service import NotificationService
+from kilo_web.notifications.vapid import application_server_key, load_vapid_key
 from kilo_web.settings import get_settings
 
 
@@ -42,6 +43,15 @@ def notification_service() -> NotificationService:
         publisher=get_backplane(),
         viewers=conversation_viewers,
     )
+
+
+@functools.cache
+def webpush_public_key() -> str:
+    """Return the VAPID public key browsers subscribe with, or empty without Web Push."""
+    settings = get_settings()
+    if "webpush" not in settings.push_transports:
+        return ""
+    return application_server_key(load_vapid_key(settings.vapid_key_path))
 
 
 @contextlib.asynccontextmanager

@@ -28,7 +28,7 @@ from kilo_web.chat.read_state import UNREAD_CHANGED_EVENT
 from kilo_web.event_service.contexts import user_context
 from kilo_web.event_service.embedded import get_backplane
 from kilo_web.notifications.preview import message_preview
-from kilo_web.runtime import notification_service
+from kilo_web.runtime import notification_service, webpush_public_key
 from kilo_web.web.visibility import PageVisibilityState
 from kilo_web.event_service.client import RECOVERY_FAILED, SUBSCRIBED
 from kilo_web.event_service.presence import JOIN, LEAVE, STATE
@@ -152,6 +152,8 @@ class ChatState(reflex_local_auth.LocalAuthState):
     unread_counts: dict[str, int] = {}
     """Unread messages per conversation id."""
     unread_total: int = 0
+    push_public_key: str = ""
+    """The server's VAPID public key for Web Push subscriptions; empty without Web Push."""
     notification: dict[str, str] = {}
     """The newest browser notification to show while the page is hidden: id, title, body."""
 
@@ -233,6 +235,7 @@ class ChatState(reflex_local_auth.LocalAuthState):
         if profile_id is None:
             return reflex_local_auth.LoginState.redir
         self._reload_lists(profile_id)
+        self.push_public_key = webpush_public_key()
         if self.selected_conversation_id not in {c["id"] for c in self.conversations}:
             self.selected_conversation_id = ""
         if self.selected_conversation_id:

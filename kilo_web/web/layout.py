@@ -11,6 +11,7 @@ from __future__ import annotations
 import reflex as rx
 
 from kilo_web.web.chat_state import ChatState, ConversationRow, InstanceItem, MemberItem, MessageItem
+from kilo_web.web.push import push_enabler
 from kilo_web.web.shell import use_event_subscription, use_presence_subscription
 from kilo_web.web.visibility import PageVisibilityState, page_visibility_tracker
 
@@ -90,11 +91,7 @@ useEffect(() => {{
         return [rx.Var(_js_expr=source, _var_data=notification._get_all_var_data())]
 
 
-_REQUEST_NOTIFICATIONS = """
-if (typeof Notification !== "undefined" && Notification.permission === "default") {
-    Notification.requestPermission();
-}
-"""
+_ENABLE_NOTIFICATIONS = "window.kiloEnableNotifications && window.kiloEnableNotifications()"
 
 
 def _inline_form(name: str, placeholder: str, label: str, on_submit, form_id: str) -> rx.Component:
@@ -146,7 +143,8 @@ def sidebar() -> rx.Component:
         ),
         rx.button(
             "Enable notifications",
-            on_click=rx.call_script(_REQUEST_NOTIFICATIONS),
+            on_click=rx.call_script(_ENABLE_NOTIFICATIONS),
+            id="enable-notifications",
             variant="outline",
             size="1",
         ),
@@ -305,6 +303,7 @@ def chat_layout() -> rx.Component:
         use_event_subscription(ChatState.user_context, True),
         DocumentTitle.create(),
         HiddenPageNotifier.create(),
+        push_enabler(ChatState.push_public_key),
         use_presence_subscription(ChatState.instance_presence_context, True),
         use_presence_subscription(
             ChatState.conversation_presence_context, PageVisibilityState.page_visible

@@ -7,6 +7,7 @@ free loopback ports.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -486,3 +487,51 @@ def test_hidden_page_shows_browser_notification(chat_app, browser):
     finally:
         ann_context.close()
         ben_context.close()
+
+
+def test_service_worker_shows_pushes(chat_app, browser):
+    """The service worker registers from the page and turns a push into a notification.
+
+    Headless Chromium reaches no push service, so the push is delivered to the
+    worker through the DevTools protocol, in the format the server sends.
+    """
+    suffix = uuid.uuid4().hex[:6]
+    user, password = f"sw_{suffix}", "correct horse battery"
+    context = browser.new_context()
+    context.grant_permissions(["notifications"], origin=chat_app.url)
+    page = context.new_page()
+    try:
+        sign_up(page, chat_app.url, user, password)
+        log_in(page, chat_app.url, user, password)
+        page.locator("#enable-notifications").click()
+        wait_for(lambda: page.evaluate(
+            "navigator.serviceWorker.getRegistrations()"
+            ".then(r => r.length > 0 && r.every(x => x.active))"), message="an active service worker")
+        scripts = page.evaluate(
+            "navigator.serviceWorker.getRegistrations().then(r => r.map(x => x.active.scriptURL))")
+        assert [url.rsplit("/", 1)[-1] for url in scripts] == ["kilo-sw.js"]
+
+        cdp = context.new_cdp_session(page)
+        registrations: list[str] = []
+        cdp.on("ServiceWorker.workerRegistrationUpdated",
+               lambda event: registrations.extend(r["registrationId"] for r in event["registrations"]))
+        cdp.send("ServiceWorker.enable")
+        # Playwright's sync API dispatches CDP events only inside its own calls.
+        wait_for(lambda: page.evaluate("true") and registrations,
+                 message="the worker's registration id")
+        payload = {"title": "Room · Plans", "body": "ann: hello", "badge": 3,
+                   "data": {"type": "message", "messageId": 7}}
+        cdp.send("ServiceWorker.deliverPushMessage", {
+            "origin": chat_app.url, "registrationId": registrations[0],
+            "data": json.dumps(payload),
+        })
+        shown = lambda: page.evaluate(  # noqa: E731 - a polled expression
+            "navigator.serviceWorker.ready.then(r => r.getNotifications())"
+            ".then(list => list.map(n => [n.title, n.body, n.tag]))")
+        wait_for(shown, message="the push's notification")
+        assert shown() == [["Room · Plans", "ann: hello", "message-7"]]
+    except Exception:
+        print(chat_app.log_tail(80))
+        raise
+    finally:
+        context.close()
