@@ -1,7 +1,7 @@
 """Browser side of Web Push: the service worker and the subscription flow.
 
 ``push_enabler(public_key)`` defines ``window.kiloEnableNotifications()``,
-which the "Enable notifications" button runs. It asks for permission,
+which the "Enable notifications" button runs. It requests permission,
 registers ``/kilo-sw.js`` (``assets/kilo-sw.js``), subscribes to push with
 the server's VAPID public key and registers the subscription with
 ``POST /api/devices`` under the user's session token. Without a push
