@@ -37,7 +37,10 @@ def index() -> rx.Component:
 
 
 app = rx.App(
-    api_transformer=create_api(after_publish=lambda view: notification_service().after_publish(view))
+    api_transformer=create_api(
+        after_publish=lambda view: notification_service().after_publish(view),
+        on_unread_changed=lambda summary: notification_service().on_unread_changed(summary),
+    )
 )
 # The event service starts before the shell's tabs connect to it.
 app.register_lifespan_task(embedded_event_service)

@@ -13,6 +13,11 @@ session token the web app keeps after a login (reflex-local-auth's
                            ``after``, ``limit``)
 ``POST .../messages``      post a message; ``clientMessageId`` makes it
                            idempotent
+``GET /api/instances``     the caller's instances
+``GET /api/conversations`` the caller's conversations with unread counts
+``POST .../read``          mark read up to ``upToSeq`` (default: newest)
+``GET .../members``        the conversation's members
+``POST .../members``       add a member by ``username``
 =========================  ===============================================
 
 (``...`` is ``/api/conversations/{conversation id}``.)
@@ -27,7 +32,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from reflex_local_auth.auth_session import LocalAuthSession
@@ -39,7 +44,7 @@ from starlette.routing import Route
 
 from kilo_web.accounts.users import ensure_profile
 from kilo_web.chat.database import shared_engine
-from kilo_web.chat import service
+from kilo_web.chat import read_state, service
 from kilo_web.chat.content import text_blocks
 from kilo_web.chat.errors import ChatError, NotAMemberError, NotFoundError
 from kilo_web.chat.service import MessageView
@@ -283,6 +288,111 @@ async def post_conversation_message(request: Request) -> JSONResponse:
     return JSONResponse({"message": _message_json(view)}, status_code=200 if repeat else 201)
 
 
+async def list_user_instances(request: Request) -> JSONResponse:
+    """``GET /api/instances``: the instances the caller belongs to."""
+    settings: Settings = request.app.state.settings
+    try:
+        with Session(shared_engine(settings.database_url)) as session:
+            user_id = authenticate(session, request)
+            instances = service.list_instances_for_user(session, user_id)
+            body = [{"id": i.id, "label": i.label} for i in instances]
+    except ApiError as exc:
+        return exc.response()
+    return JSONResponse({"instances": body})
+
+
+async def list_user_conversations(request: Request) -> JSONResponse:
+    """``GET /api/conversations``: the caller's conversations with unread counts.
+
+    ``instanceId`` limits the list to one instance.
+    """
+    settings: Settings = request.app.state.settings
+    try:
+        with Session(shared_engine(settings.database_url)) as session:
+            user_id = authenticate(session, request)
+            conversations = service.list_conversations_for_user(
+                session, user_id, instance_id=request.query_params.get("instanceId") or None
+            )
+            counts = read_state.unread_counts(session, user_id)
+            body = [
+                {"id": c.id, "title": c.title, "instanceId": c.instance_id,
+                 "unread": counts.get(c.id, 0)}
+                for c in conversations
+            ]
+    except ApiError as exc:
+        return exc.response()
+    return JSONResponse({"conversations": body})
+
+
+async def mark_conversation_read(request: Request) -> JSONResponse:
+    """``POST /api/conversations/{id}/read``: move the read position, ``{"upToSeq": n}`` or newest."""
+    settings: Settings = request.app.state.settings
+    conversation_id = request.path_params["conversation_id"]
+    try:
+        body = await _json_object(request) if await request.body() else {}
+        up_to = body.get("upToSeq")
+        if up_to is not None and (not isinstance(up_to, int) or isinstance(up_to, bool)):
+            raise ApiError(400, "invalid_body", f"'upToSeq' must be an integer, got {up_to!r}")
+        with Session(shared_engine(settings.database_url)) as session:
+            user_id = authenticate(session, request)
+            await read_state.mark_read(
+                session, conversation_id, user_id, up_to, publisher=get_backplane(),
+                on_change=request.app.state.on_unread_changed,
+            )
+            summary = read_state.unread_summary(session, user_id)
+    except ApiError as exc:
+        return exc.response()
+    except ChatError as exc:
+        return _chat_error(exc).response()
+    return JSONResponse(summary.to_event_data())
+
+
+def _member_json(profile: Any) -> dict[str, Any]:
+    return {"id": profile.id, "displayName": profile.display_name, "isBot": profile.is_bot}
+
+
+async def list_conversation_members(request: Request) -> JSONResponse:
+    """``GET /api/conversations/{id}/members``: the members, for members only."""
+    settings: Settings = request.app.state.settings
+    conversation_id = request.path_params["conversation_id"]
+    try:
+        with Session(shared_engine(settings.database_url)) as session:
+            user_id = authenticate(session, request)
+            service.require_conversation_member(session, conversation_id, user_id)
+            members = [_member_json(m) for m in service.list_members(session, conversation_id)]
+    except ApiError as exc:
+        return exc.response()
+    except ChatError as exc:
+        return _chat_error(exc).response()
+    return JSONResponse({"members": members})
+
+
+async def add_conversation_member(request: Request) -> JSONResponse:
+    """``POST /api/conversations/{id}/members``: add ``{"username": ...}``; members only."""
+    settings: Settings = request.app.state.settings
+    conversation_id = request.path_params["conversation_id"]
+    try:
+        body = await _json_object(request)
+        username = body.get("username")
+        if not isinstance(username, str) or not username.strip():
+            raise ApiError(400, "invalid_body", "send the new member's 'username' as a string")
+        with Session(shared_engine(settings.database_url)) as session:
+            user_id = authenticate(session, request)
+            service.require_conversation_member(session, conversation_id, user_id)
+            profile = service.find_user_by_username(session, username.strip())
+            if profile is None or profile.id is None:
+                raise ApiError(404, "not_found", f"no user is named {username!r}")
+            added = service.add_conversation_member(
+                session, conversation_id=conversation_id, user_id=profile.id
+            )
+            member = _member_json(profile)
+    except ApiError as exc:
+        return exc.response()
+    except ChatError as exc:
+        return _chat_error(exc).response()
+    return JSONResponse({"member": member, "added": added}, status_code=201 if added else 200)
+
+
 def _chat_error(exc: ChatError) -> ApiError:
     if isinstance(exc, NotFoundError):
         return ApiError(404, "not_found", str(exc))
@@ -295,6 +405,7 @@ def create_api(
     settings: Settings | None = None,
     *,
     after_publish: Callable[[MessageView], None] | None = None,
+    on_unread_changed: Callable[[Any], Awaitable[None]] | None = None,
 ) -> Starlette:
     """Build the Starlette app that Reflex mounts its own routes under."""
     api = Starlette(routes=[
@@ -306,7 +417,16 @@ def create_api(
               methods=["GET"]),
         Route("/api/conversations/{conversation_id}/messages", post_conversation_message,
               methods=["POST"]),
+        Route("/api/instances", list_user_instances, methods=["GET"]),
+        Route("/api/conversations", list_user_conversations, methods=["GET"]),
+        Route("/api/conversations/{conversation_id}/read", mark_conversation_read,
+              methods=["POST"]),
+        Route("/api/conversations/{conversation_id}/members", list_conversation_members,
+              methods=["GET"]),
+        Route("/api/conversations/{conversation_id}/members", add_conversation_member,
+              methods=["POST"]),
     ])
     api.state.after_publish = after_publish
+    api.state.on_unread_changed = on_unread_changed
     api.state.settings = settings or get_settings()
     return api

@@ -335,3 +335,49 @@ def test_messages_need_membership(api_url, session, people, conversation):
     response = httpx.post(url, headers=headers, json={"text": "let me in"})
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "forbidden"
+
+
+def test_lists_instances_and_conversations(api_url, session, people, instance, conversation):
+    headers = auth_headers(session, people.bob)
+    instances = httpx.get(f"{api_url}/api/instances", headers=headers).json()["instances"]
+    assert instances == [{"id": instance.id, "label": "Sandbox"}]
+    listed = httpx.get(f"{api_url}/api/conversations", headers=headers,
+                       params={"instanceId": instance.id}).json()["conversations"]
+    assert listed == [{"id": conversation.id, "title": "General", "instanceId": instance.id,
+                       "unread": 0}]
+    carol = auth_headers(session, people.carol)
+    assert httpx.get(f"{api_url}/api/conversations", headers=carol).json() == {"conversations": []}
+
+
+def test_read_endpoint_clears_one_conversation(api_url, session, people, conversation):
+    alice, bob = auth_headers(session, people.alice), auth_headers(session, people.bob)
+    url = f"{api_url}/api/conversations/{conversation.id}"
+    for number in range(3):
+        assert httpx.post(f"{url}/messages", headers=alice,
+                          json={"text": f"m{number}"}).status_code == 201
+    partial = httpx.post(f"{url}/read", headers=bob, json={"upToSeq": 1}).json()
+    assert partial["conversations"][conversation.id] == 2
+    assert partial["total"] == 2
+    read_all = httpx.post(f"{url}/read", headers=bob)
+    assert read_all.status_code == 200
+    assert read_all.json()["total"] == 0
+    bad = httpx.post(f"{url}/read", headers=bob, json={"upToSeq": "x"})
+    assert bad.status_code == 400
+
+
+def test_members_list_and_add(api_url, session, people, conversation):
+    alice, carol = auth_headers(session, people.alice), auth_headers(session, people.carol)
+    url = f"{api_url}/api/conversations/{conversation.id}/members"
+    assert httpx.get(url, headers=carol).status_code == 403
+    assert httpx.post(url, headers=carol, json={"username": "carol"}).status_code == 403
+    added = httpx.post(url, headers=alice, json={"username": "carol"})
+    assert added.status_code == 201
+    assert added.json()["member"]["displayName"] == "Carol"
+    again = httpx.post(url, headers=alice, json={"username": "carol"})
+    assert again.status_code == 200
+    assert again.json()["added"] is False
+    names = [m["displayName"] for m in httpx.get(url, headers=carol).json()["members"]]
+    assert "Carol" in names
+    missing = httpx.post(url, headers=alice, json={"username": "nobody-here"})
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
