@@ -30,6 +30,7 @@ Every error has one JSON shape::
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -108,19 +109,42 @@ def authenticate(session: Session, request: Request) -> int:
     return profile.id
 
 
+def _session(request: Request) -> Session:
+    """Open a database session on the API's configured database."""
+    settings: Settings = request.app.state.settings
+    return Session(shared_engine(settings.database_url))
+
+
+Endpoint = Callable[[Request], Awaitable[JSONResponse]]
+
+
+def _endpoint(handler: Endpoint) -> Endpoint:
+    """Turn ApiError and ChatError from ``handler`` into logged JSON error responses."""
+
+    @functools.wraps(handler)
+    async def endpoint(request: Request) -> JSONResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            error = exc
+        except ChatError as exc:
+            error = _chat_error(exc)
+        logger.info("%s %s rejected with %d %s: %s", request.method, request.url.path,
+                    error.status, error.code, error.message)
+        return error.response()
+
+    return endpoint
+
+
 async def create_token(request: Request) -> JSONResponse:
     """``POST /api/token``: an event-service token for the caller and its expiry."""
     settings: Settings = request.app.state.settings
-    try:
-        with Session(shared_engine(settings.database_url)) as session:
-            user_id = authenticate(session, request)
+    with _session(request) as session:
+        user_id = authenticate(session, request)
+        try:
             token, expires_at = issue_user_token(session, user_id, settings=settings)
-    except ApiError as exc:
-        logger.info("token request rejected: %s", exc.code)
-        return exc.response()
-    except ChatError as exc:
-        logger.info("token request rejected: %s", exc)
-        return ApiError(401, "unauthorized", f"{exc}; log in again").response()
+        except ChatError as exc:
+            raise ApiError(401, "unauthorized", f"{exc}; log in again") from exc
     logger.info("issued an event-service token for user %s", user_id)
     return JSONResponse({"token": token, "expiresAt": expires_at.isoformat()})
 
@@ -146,13 +170,9 @@ async def _json_object(request: Request) -> dict[str, Any]:
 
 async def list_user_devices(request: Request) -> JSONResponse:
     """``GET /api/devices``: the caller's active push devices."""
-    settings: Settings = request.app.state.settings
-    try:
-        with Session(shared_engine(settings.database_url)) as session:
-            user_id = authenticate(session, request)
-            devices = list_devices(session, user_id)
-    except ApiError as exc:
-        return exc.response()
+    with _session(request) as session:
+        user_id = authenticate(session, request)
+        devices = list_devices(session, user_id)
     return JSONResponse({"devices": [_device_json(device) for device in devices]})
 
 
@@ -167,7 +187,7 @@ async def register_device(request: Request) -> JSONResponse:
     settings: Settings = request.app.state.settings
     try:
         body = await _json_object(request)
-        with Session(shared_engine(settings.database_url)) as session:
+        with _session(request) as session:
             user_id = authenticate(session, request)
             kind = body.get("kind")
             if kind == "expo":
@@ -185,26 +205,20 @@ async def register_device(request: Request) -> JSONResponse:
             else:
                 raise ApiError(400, "invalid_device",
                                f"unknown device kind {kind!r}; use \"expo\" or \"webpush\"")
-    except ApiError as exc:
-        return exc.response()
     except ChatError as exc:
-        return ApiError(400, "invalid_device", str(exc)).response()
+        raise ApiError(400, "invalid_device", str(exc)) from exc
     logger.info("user %s registered %s", user_id, device.redacted())
     return JSONResponse({"device": _device_json(device)}, status_code=201)
 
 
 async def delete_device(request: Request) -> JSONResponse:
     """``DELETE /api/devices/{id}``: stop pushing to one of the caller's devices."""
-    settings: Settings = request.app.state.settings
     device_id = request.path_params["device_id"]
-    try:
-        with Session(shared_engine(settings.database_url)) as session:
-            user_id = authenticate(session, request)
-            removed = remove_device(session, user_id=user_id, device_id=device_id)
-    except ApiError as exc:
-        return exc.response()
+    with _session(request) as session:
+        user_id = authenticate(session, request)
+        removed = remove_device(session, user_id=user_id, device_id=device_id)
     if not removed:
-        return ApiError(404, "not_found", f"device {device_id} not found among yours").response()
+        raise ApiError(404, "not_found", f"device {device_id} not found among yours")
     logger.info("user %s removed device %s", user_id, device_id)
     return JSONResponse({"removed": device_id})
 
@@ -231,21 +245,15 @@ async def list_conversation_messages(request: Request) -> JSONResponse:
     a known message, ``limit`` is the page size. The response's ``before``
     cursor is the seq to pass for the previous page, or null at the start.
     """
-    settings: Settings = request.app.state.settings
     conversation_id = request.path_params["conversation_id"]
-    try:
-        before, after = _query_int(request, "before"), _query_int(request, "after")
-        limit = _query_int(request, "limit")
-        if limit is None:
-            limit = service.DEFAULT_PAGE_SIZE
-        with Session(shared_engine(settings.database_url)) as session:
-            user_id = authenticate(session, request)
-            views = service.list_messages(session, conversation_id, limit=limit,
-                                          before_seq=before, after_seq=after, viewer_id=user_id)
-    except ApiError as exc:
-        return exc.response()
-    except ChatError as exc:
-        return _chat_error(exc).response()
+    before, after = _query_int(request, "before"), _query_int(request, "after")
+    limit = _query_int(request, "limit")
+    if limit is None:
+        limit = service.DEFAULT_PAGE_SIZE
+    with _session(request) as session:
+        user_id = authenticate(session, request)
+        views = service.list_messages(session, conversation_id, limit=limit,
+                                      before_seq=before, after_seq=after, viewer_id=user_id)
     cursor = views[0].seq if views and views[0].seq > 1 else None
     return JSONResponse({"messages": [_message_json(v) for v in views], "before": cursor})
 
@@ -257,47 +265,37 @@ async def post_conversation_message(request: Request) -> JSONResponse:
     sender returns the first message (status 200 instead of 201) and fans
     out nothing new.
     """
-    settings: Settings = request.app.state.settings
     conversation_id = request.path_params["conversation_id"]
-    try:
-        body = await _json_object(request)
-        blocks = body.get("blocks")
-        if blocks is None and isinstance(body.get("text"), str):
-            blocks = text_blocks(body["text"])
-        if blocks is None:
-            raise ApiError(400, "invalid_body", "send a string 'text' or a list 'blocks'")
-        client_message_id = body.get("clientMessageId")
-        with Session(shared_engine(settings.database_url)) as session:
-            user_id = authenticate(session, request)
-            repeat = client_message_id is not None and service.find_client_message(
-                session, sender_id=user_id, client_message_id=str(client_message_id)
-            ) is not None
-            view = await service.post_message(
-                session,
-                conversation_id=conversation_id,
-                sender_id=user_id,
-                blocks=blocks,
-                publisher=get_backplane(),
-                after_publish=request.app.state.after_publish,
-                client_message_id=client_message_id,
-            )
-    except ApiError as exc:
-        return exc.response()
-    except ChatError as exc:
-        return _chat_error(exc).response()
+    body = await _json_object(request)
+    blocks = body.get("blocks")
+    if blocks is None and isinstance(body.get("text"), str):
+        blocks = text_blocks(body["text"])
+    if blocks is None:
+        raise ApiError(400, "invalid_body", "send a string 'text' or a list 'blocks'")
+    client_message_id = body.get("clientMessageId")
+    with _session(request) as session:
+        user_id = authenticate(session, request)
+        repeat = client_message_id is not None and service.find_client_message(
+            session, sender_id=user_id, client_message_id=str(client_message_id)
+        ) is not None
+        view = await service.post_message(
+            session,
+            conversation_id=conversation_id,
+            sender_id=user_id,
+            blocks=blocks,
+            publisher=get_backplane(),
+            after_publish=request.app.state.after_publish,
+            client_message_id=client_message_id,
+        )
     return JSONResponse({"message": _message_json(view)}, status_code=200 if repeat else 201)
 
 
 async def list_user_instances(request: Request) -> JSONResponse:
     """``GET /api/instances``: the instances the caller belongs to."""
-    settings: Settings = request.app.state.settings
-    try:
-        with Session(shared_engine(settings.database_url)) as session:
-            user_id = authenticate(session, request)
-            instances = service.list_instances_for_user(session, user_id)
-            body = [{"id": i.id, "label": i.label} for i in instances]
-    except ApiError as exc:
-        return exc.response()
+    with _session(request) as session:
+        user_id = authenticate(session, request)
+        instances = service.list_instances_for_user(session, user_id)
+        body = [{"id": i.id, "label": i.label} for i in instances]
     return JSONResponse({"instances": body})
 
 
@@ -306,44 +304,34 @@ async def list_user_conversations(request: Request) -> JSONResponse:
 
     ``instanceId`` limits the list to one instance.
     """
-    settings: Settings = request.app.state.settings
-    try:
-        with Session(shared_engine(settings.database_url)) as session:
-            user_id = authenticate(session, request)
-            conversations = service.list_conversations_for_user(
-                session, user_id, instance_id=request.query_params.get("instanceId") or None
-            )
-            counts = read_state.unread_counts(session, user_id)
-            body = [
-                {"id": c.id, "title": c.title, "instanceId": c.instance_id,
-                 "unread": counts.get(c.id, 0)}
-                for c in conversations
-            ]
-    except ApiError as exc:
-        return exc.response()
+    with _session(request) as session:
+        user_id = authenticate(session, request)
+        conversations = service.list_conversations_for_user(
+            session, user_id, instance_id=request.query_params.get("instanceId") or None
+        )
+        counts = read_state.unread_counts(session, user_id)
+        body = [
+            {"id": c.id, "title": c.title, "instanceId": c.instance_id,
+             "unread": counts.get(c.id, 0)}
+            for c in conversations
+        ]
     return JSONResponse({"conversations": body})
 
 
 async def mark_conversation_read(request: Request) -> JSONResponse:
     """``POST /api/conversations/{id}/read``: move the read position, ``{"upToSeq": n}`` or newest."""
-    settings: Settings = request.app.state.settings
     conversation_id = request.path_params["conversation_id"]
-    try:
-        body = await _json_object(request) if await request.body() else {}
-        up_to = body.get("upToSeq")
-        if up_to is not None and (not isinstance(up_to, int) or isinstance(up_to, bool)):
-            raise ApiError(400, "invalid_body", f"'upToSeq' must be an integer, got {up_to!r}")
-        with Session(shared_engine(settings.database_url)) as session:
-            user_id = authenticate(session, request)
-            await read_state.mark_read(
-                session, conversation_id, user_id, up_to, publisher=get_backplane(),
-                on_change=request.app.state.on_unread_changed,
-            )
-            summary = read_state.unread_summary(session, user_id)
-    except ApiError as exc:
-        return exc.response()
-    except ChatError as exc:
-        return _chat_error(exc).response()
+    body = await _json_object(request) if await request.body() else {}
+    up_to = body.get("upToSeq")
+    if up_to is not None and (not isinstance(up_to, int) or isinstance(up_to, bool)):
+        raise ApiError(400, "invalid_body", f"'upToSeq' must be an integer, got {up_to!r}")
+    with _session(request) as session:
+        user_id = authenticate(session, request)
+        await read_state.mark_read(
+            session, conversation_id, user_id, up_to, publisher=get_backplane(),
+            on_change=request.app.state.on_unread_changed,
+        )
+        summary = read_state.unread_summary(session, user_id)
     return JSONResponse(summary.to_event_data())
 
 
@@ -353,43 +341,31 @@ def _member_json(profile: Any) -> dict[str, Any]:
 
 async def list_conversation_members(request: Request) -> JSONResponse:
     """``GET /api/conversations/{id}/members``: the members, for members only."""
-    settings: Settings = request.app.state.settings
     conversation_id = request.path_params["conversation_id"]
-    try:
-        with Session(shared_engine(settings.database_url)) as session:
-            user_id = authenticate(session, request)
-            service.require_conversation_member(session, conversation_id, user_id)
-            members = [_member_json(m) for m in service.list_members(session, conversation_id)]
-    except ApiError as exc:
-        return exc.response()
-    except ChatError as exc:
-        return _chat_error(exc).response()
+    with _session(request) as session:
+        user_id = authenticate(session, request)
+        service.require_conversation_member(session, conversation_id, user_id)
+        members = [_member_json(m) for m in service.list_members(session, conversation_id)]
     return JSONResponse({"members": members})
 
 
 async def add_conversation_member(request: Request) -> JSONResponse:
     """``POST /api/conversations/{id}/members``: add ``{"username": ...}``; members only."""
-    settings: Settings = request.app.state.settings
     conversation_id = request.path_params["conversation_id"]
-    try:
-        body = await _json_object(request)
-        username = body.get("username")
-        if not isinstance(username, str) or not username.strip():
-            raise ApiError(400, "invalid_body", "send the new member's 'username' as a string")
-        with Session(shared_engine(settings.database_url)) as session:
-            user_id = authenticate(session, request)
-            service.require_conversation_member(session, conversation_id, user_id)
-            profile = service.find_user_by_username(session, username.strip())
-            if profile is None or profile.id is None:
-                raise ApiError(404, "not_found", f"no user is named {username!r}")
-            added = service.add_conversation_member(
-                session, conversation_id=conversation_id, user_id=profile.id
-            )
-            member = _member_json(profile)
-    except ApiError as exc:
-        return exc.response()
-    except ChatError as exc:
-        return _chat_error(exc).response()
+    body = await _json_object(request)
+    username = body.get("username")
+    if not isinstance(username, str) or not username.strip():
+        raise ApiError(400, "invalid_body", "send the new member's 'username' as a string")
+    with _session(request) as session:
+        user_id = authenticate(session, request)
+        service.require_conversation_member(session, conversation_id, user_id)
+        profile = service.find_user_by_username(session, username.strip())
+        if profile is None or profile.id is None:
+            raise ApiError(404, "not_found", f"no user is named {username!r}")
+        added = service.add_conversation_member(
+            session, conversation_id=conversation_id, user_id=profile.id
+        )
+        member = _member_json(profile)
     return JSONResponse({"member": member, "added": added}, status_code=201 if added else 200)
 
 
@@ -409,21 +385,21 @@ def create_api(
 ) -> Starlette:
     """Build the Starlette app that Reflex mounts its own routes under."""
     api = Starlette(routes=[
-        Route("/api/token", create_token, methods=["POST"]),
-        Route("/api/devices", list_user_devices, methods=["GET"]),
-        Route("/api/devices", register_device, methods=["POST"]),
-        Route("/api/devices/{device_id:int}", delete_device, methods=["DELETE"]),
-        Route("/api/conversations/{conversation_id}/messages", list_conversation_messages,
+        Route("/api/token", _endpoint(create_token), methods=["POST"]),
+        Route("/api/devices", _endpoint(list_user_devices), methods=["GET"]),
+        Route("/api/devices", _endpoint(register_device), methods=["POST"]),
+        Route("/api/devices/{device_id:int}", _endpoint(delete_device), methods=["DELETE"]),
+        Route("/api/conversations/{conversation_id}/messages", _endpoint(list_conversation_messages),
               methods=["GET"]),
-        Route("/api/conversations/{conversation_id}/messages", post_conversation_message,
+        Route("/api/conversations/{conversation_id}/messages", _endpoint(post_conversation_message),
               methods=["POST"]),
-        Route("/api/instances", list_user_instances, methods=["GET"]),
-        Route("/api/conversations", list_user_conversations, methods=["GET"]),
-        Route("/api/conversations/{conversation_id}/read", mark_conversation_read,
+        Route("/api/instances", _endpoint(list_user_instances), methods=["GET"]),
+        Route("/api/conversations", _endpoint(list_user_conversations), methods=["GET"]),
+        Route("/api/conversations/{conversation_id}/read", _endpoint(mark_conversation_read),
               methods=["POST"]),
-        Route("/api/conversations/{conversation_id}/members", list_conversation_members,
+        Route("/api/conversations/{conversation_id}/members", _endpoint(list_conversation_members),
               methods=["GET"]),
-        Route("/api/conversations/{conversation_id}/members", add_conversation_member,
+        Route("/api/conversations/{conversation_id}/members", _endpoint(add_conversation_member),
               methods=["POST"]),
     ])
     api.state.after_publish = after_publish
