@@ -33,6 +33,7 @@ import pytest
 from kilo_web.chat.database import upgrade_database
 from kilo_web.event_service.protocol import ClientFrame
 from kilo_web.event_service.server import EventServiceServer
+from tests.helpers import RuleAuthorizer
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 
@@ -87,19 +88,6 @@ def holds_for(
     return bool(predicate())
 
 
-class OpenAuthorizer:
-    """Lets every token user subscribe anywhere: these tests exercise the hook layer."""
-
-    async def token_version(self, user_id: str) -> int:
-        return 0
-
-    async def forbidden_contexts(self, user_id: str, contexts: Any) -> list[str]:
-        return []
-
-    async def visible_users(self, user_id: str) -> frozenset[str]:
-        return frozenset()
-
-
 class RunningEventService:
     """An ``EventServiceServer`` served from a private event loop in a thread."""
 
@@ -110,7 +98,7 @@ class RunningEventService:
         self._thread = threading.Thread(target=self._loop.run_forever, name="event-service", daemon=True)
         self._server = EventServiceServer(
             secret=secret,
-            authorizer=OpenAuthorizer(),
+            authorizer=RuleAuthorizer(),
             host="127.0.0.1",
             port=0,
             frame_observer=self._observe,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import free_port
+
 from .conftest import PROJECT_DIR, holds_for, wait_for
 
 TOOLS_BIN = PROJECT_DIR / ".tools" / "bin"
@@ -29,12 +30,6 @@ START_TIMEOUT = 300.0
 """Seconds to wait for the first compile and the frontend's package install."""
 TAB_GRACE_SECONDS = 2.0
 PRESENCE_GRACE_SECONDS = 1.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _answers(url: str) -> bool:
@@ -506,30 +501,52 @@ def test_service_worker_shows_pushes(chat_app, browser):
         page.locator("#enable-notifications").click()
         wait_for(lambda: page.evaluate(
             "navigator.serviceWorker.getRegistrations()"
-            ".then(r => r.length > 0 && r.every(x => x.active))"), message="an active service worker")
+            ".then(r => r.length > 0 && r.every(x => x.active))"),
+            timeout=30, message="an active service worker")
         scripts = page.evaluate(
             "navigator.serviceWorker.getRegistrations().then(r => r.map(x => x.active.scriptURL))")
         assert [url.rsplit("/", 1)[-1] for url in scripts] == ["kilo-sw.js"]
 
         cdp = context.new_cdp_session(page)
-        registrations: list[str] = []
-        cdp.on("ServiceWorker.workerRegistrationUpdated",
-               lambda event: registrations.extend(r["registrationId"] for r in event["registrations"]))
+        registrations: dict[str, str] = {}
+        cdp.on("ServiceWorker.workerRegistrationUpdated", lambda event: registrations.update(
+            {r["registrationId"]: r["scopeURL"] for r in event["registrations"]
+             if not r.get("isDeleted")}))
         cdp.send("ServiceWorker.enable")
-        # Playwright's sync API dispatches CDP events only inside its own calls.
-        wait_for(lambda: page.evaluate("true") and registrations,
-                 message="the worker's registration id")
+
+        def own_registration() -> str | None:
+            page.evaluate("true")  # Playwright's sync API dispatches CDP events only in its calls.
+            return next((rid for rid, scope in registrations.items()
+                         if scope.startswith(chat_app.url)), None)
+
+        registration_id = wait_for(own_registration, timeout=30,
+                                   message=lambda: f"the worker's registration in {registrations}")
         payload = {"title": "Room · Plans", "body": "ann: hello", "badge": 3,
                    "data": {"type": "message", "messageId": 7}}
-        cdp.send("ServiceWorker.deliverPushMessage", {
-            "origin": chat_app.url, "registrationId": registrations[0],
-            "data": json.dumps(payload),
-        })
-        shown = lambda: page.evaluate(  # noqa: E731 - a polled expression
-            "navigator.serviceWorker.ready.then(r => r.getNotifications())"
-            ".then(list => list.map(n => [n.title, n.body, n.tag]))")
-        wait_for(shown, message="the push's notification")
-        assert shown() == [["Room · Plans", "ann: hello", "message-7"]]
+
+        def deliver() -> None:
+            cdp.send("ServiceWorker.deliverPushMessage", {
+                "origin": chat_app.url, "registrationId": registration_id,
+                "data": json.dumps(payload),
+            })
+
+        def shown() -> list:
+            return page.evaluate(
+                "navigator.serviceWorker.ready.then(r => r.getNotifications())"
+                ".then(list => list.map(n => [n.title, n.body, n.tag]))")
+
+        expected = [["Room · Plans", "ann: hello", "message-7"]]
+        deliver()
+        # NOTE: DevTools drops a delivery now and then (about 1 in 5 here) while
+        # the worker starts up. Delivering again is harmless: the notification's
+        # tag makes a repeat replace the first.
+        for _ in range(5):
+            try:
+                wait_for(lambda: shown() == expected, timeout=5, message="the push's notification")
+                break
+            except AssertionError:
+                deliver()
+        assert shown() == expected
     except Exception:
         print(chat_app.log_tail(80))
         raise

@@ -19,6 +19,7 @@ from kilo_web.chat.api import create_api
 from kilo_web.chat.tokens import issue_user_token, revoke_user_tokens
 from kilo_web.event_service.tokens import InvalidToken, decode_token
 from kilo_web.settings import Settings
+from tests.helpers import free_port
 
 SECRET = "api-test-secret-" + "z" * 48
 
@@ -83,12 +84,6 @@ def test_issue_token_carries_current_version(session, people, settings):
     assert claims.version == 1
     assert claims.token_source == "web"
     assert claims.expires_at == expires_at
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

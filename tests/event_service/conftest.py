@@ -12,6 +12,7 @@ import pytest_asyncio
 
 from kilo_web.event_service import EventServiceClient, EventServiceServer, mint_token
 from kilo_web.event_service import protocol
+from tests.helpers import RuleAuthorizer
 
 SECRET = "test-secret-" + "x" * 60
 
@@ -58,31 +59,6 @@ class FrameLog:
 @pytest.fixture
 def frame_log() -> FrameLog:
     return FrameLog()
-
-
-class RuleAuthorizer:
-    """An authorizer whose answers the test sets: versions, denials, visibility.
-
-    Every user exists with token version 0 unless ``versions`` says otherwise;
-    contexts under ``/forbidden`` and the pairs in ``denied`` are refused.
-    """
-
-    def __init__(self) -> None:
-        self.versions: dict[str, int | None] = {}
-        self.denied: set[tuple[str, str]] = set()
-        self.visibility: dict[str, set[str]] = {}
-
-    async def token_version(self, user_id: str) -> int | None:
-        return self.versions.get(user_id, 0)
-
-    async def forbidden_contexts(self, user_id: str, contexts) -> list[str]:
-        return [
-            context for context in contexts
-            if context.startswith("/forbidden") or (user_id, context) in self.denied
-        ]
-
-    async def visible_users(self, user_id: str) -> frozenset[str]:
-        return frozenset(self.visibility.get(user_id, ()))
 
 
 @pytest.fixture

@@ -17,14 +17,9 @@ from websockets.asyncio.client import connect
 from kilo_web.chat.database import make_engine
 from kilo_web.event_service import mint_token
 from kilo_web.settings import PROJECT_DIR
+from tests.helpers import free_port
 
 SECRET = "standalone-secret-" + "s" * 40
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> None:

@@ -11,6 +11,7 @@ import pytest_asyncio
 
 from kilo_web.event_service import EventServiceServer
 from kilo_web.event_service.protocol import ClientFrame
+from tests.helpers import RuleAuthorizer
 
 JWT_SECRET = "web-test-secret-" + "x" * 40
 
@@ -45,19 +46,6 @@ class FrameLog:
         return [frame.contexts for _, frame in self.frames if frame.type == frame_type]
 
 
-class OpenAuthorizer:
-    """Lets every token user subscribe anywhere: these tests exercise the tab registry."""
-
-    async def token_version(self, user_id: str) -> int:
-        return 0
-
-    async def forbidden_contexts(self, user_id: str, contexts: object) -> list[str]:
-        return []
-
-    async def visible_users(self, user_id: str) -> frozenset[str]:
-        return frozenset()
-
-
 @pytest.fixture
 def frame_log() -> FrameLog:
     return FrameLog()
@@ -67,7 +55,7 @@ def frame_log() -> FrameLog:
 async def server(frame_log: FrameLog) -> AsyncIterator[EventServiceServer]:
     async with EventServiceServer(
         secret=JWT_SECRET,
-        authorizer=OpenAuthorizer(),
+        authorizer=RuleAuthorizer(),
         host="127.0.0.1",
         port=0,
         frame_observer=frame_log,
