@@ -550,7 +550,7 @@ async def post_message(
             client_message_id=client_message_id,
         )
     except AlreadyExistsError:
-        # A concurrent repeat committed first: answer with its message.
+        # A concurrent repeat committed first, so return its message.
         existing = find_client_message(
             session, sender_id=sender_id, client_message_id=client_message_id or ""
         )

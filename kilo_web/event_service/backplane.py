@@ -43,8 +43,8 @@ class Backplane(Publisher, Protocol):
 class InMemoryBackplane:
     """Deliver events to receivers in the same process, synchronously.
 
-    ``publish`` returns once every receiver has taken the event, so a caller
-    that awaited it knows local subscribers have been sent the frame.
+    ``publish`` returns once every receiver has taken the event, so when a
+    caller's await returns, local subscribers have been sent the frame.
     """
 
     def __init__(self) -> None:

@@ -307,7 +307,7 @@ def encode_event(context: str, event: str, data: dict[str, Any], seq: int) -> st
 
 
 def error_frame(error: ProtocolError) -> Error:
-    """Build the ``error`` frame that answers a rejected client frame."""
+    """Build the ``error`` frame sent back for a rejected client frame."""
     return Error(code=error.code.value, message=error.message, frame_type=error.frame_type)
 
 

@@ -163,8 +163,8 @@ class EventServiceServer:
             max_size=self._max_frame_bytes,
             ping_interval=self._ping_interval,
             ping_timeout=self._ping_timeout,
-            # A peer that answers no ping will not answer the closing handshake
-            # either; this bounds how long its presence outlives it.
+            # A peer that stops replying to pings will not complete the closing
+            # handshake either, so this bounds how long its presence outlives it.
             close_timeout=self._close_timeout,
         )
         logger.info("event service listening on %s", self.url)
@@ -365,7 +365,7 @@ class EventServiceServer:
     async def _receive(self, session: _Session, message: str | bytes) -> None:
         now = asyncio.get_running_loop().time()
         if not session.bucket.take(now=now):
-            # One error a second at most, so a flood is not answered by a flood.
+            # One error a second at most, so a flood gets no flood of errors back.
             if now - session.limited_at >= 1.0:
                 session.limited_at = now
                 session.log.info("frame rate limit exceeded; dropping frames")

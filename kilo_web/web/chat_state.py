@@ -583,15 +583,16 @@ def _on_unread_changed(state: ChatState, events: list[Event]) -> None:
 
 def _on_presence(state: ChatState, events: list[Event]) -> None:
     state._apply_presence_events(events)
-    state._recover(events)
 
 
-def _on_recovery_failed(state: ChatState, events: list[Event]) -> None:
+def _on_missed_events(state: ChatState, events: list[Event]) -> None:
     state._recover(events)
 
 
 add_event_handler("message.created", ChatState, _on_message_created)
 for _presence_event in (STATE, JOIN, LEAVE, SUBSCRIBED):
     add_event_handler(_presence_event, ChatState, _on_presence)
-add_event_handler(RECOVERY_FAILED, ChatState, _on_recovery_failed)
+# A fresh subscription and a failed recovery both mean messages may be missing.
+for _subscription_event in (SUBSCRIBED, RECOVERY_FAILED):
+    add_event_handler(_subscription_event, ChatState, _on_missed_events)
 add_event_handler(UNREAD_CHANGED_EVENT, ChatState, _on_unread_changed)
