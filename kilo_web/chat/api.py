@@ -1,34 +1,21 @@
 """The HTTP API under ``/api``, served by the Reflex backend.
 
-Callers authenticate with ``Authorization: Bearer <session token>``: the
+Callers authenticate with ``Authorization: Bearer <credential>``: either the
 session token the web app keeps after a login (reflex-local-auth's
-``LocalAuthSession.session_id``).
+``LocalAuthSession.session_id``) or a bot's API key (``kilo_bot_...``).
+Bots may read and post in their own instance; endpoints that manage
+devices, members, instances, bots or keys are for people.
 
-=========================  ===============================================
-``POST /api/token``        an event-service token and its ``expiresAt``
-``GET /api/devices``       the caller's active push devices
-``POST /api/devices``      register an Expo token or a Web Push subscription
-``DELETE /api/devices/ID`` remove one of the caller's devices
-``GET .../messages``       a page of a conversation's messages (``before``,
-                           ``after``, ``limit``)
-``POST .../messages``      post a message; ``clientMessageId`` makes it
-                           idempotent
-``GET /api/instances``     the caller's instances
-``GET /api/conversations`` the caller's conversations with unread counts
-``POST .../read``          mark read up to ``upToSeq`` (default: newest)
-``GET .../members``        the conversation's members
-``POST .../members``       add a member by ``username``
-=========================  ===============================================
-
-(``...`` is ``/api/conversations/{conversation id}``.)
-
-Every error has one JSON shape::
+The OpenAPI document at ``/api/openapi.json`` (built by
+``kilo_web.chat.openapi``) describes every endpoint; ``docs/api.md`` is
+the guide. Every error has one JSON shape::
 
     {"error": {"code": "unauthorized", "message": "..."}}
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import logging
@@ -41,13 +28,24 @@ from sqlmodel import Session, select
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from kilo_web.accounts.users import ensure_profile
+from kilo_web.chat.models import LocalUser
+from kilo_web.chat.openapi import openapi_document
 from kilo_web.chat.database import shared_engine
-from kilo_web.chat import read_state, service
+from kilo_web.chat import bots, read_state, service
+from kilo_web.chat.bots import ApiKeyView, BotCaller, BotView
 from kilo_web.chat.content import text_blocks
-from kilo_web.chat.errors import ChatError, NotAMemberError, NotFoundError
+from kilo_web.chat.errors import (
+    AlreadyExistsError,
+    ChatError,
+    InvalidApiKeyError,
+    NotAllowedError,
+    NotAMemberError,
+    NotFoundError,
+)
+from kilo_web.event_service.control import announce_revocation
 from kilo_web.chat.service import MessageView
 from kilo_web.event_service.embedded import get_backplane
 from kilo_web.chat.tokens import issue_user_token
@@ -83,19 +81,41 @@ class ApiError(Exception):
         )
 
 
-def _session_token(request: Request) -> str:
+def _bearer(request: Request) -> str:
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
         raise ApiError(
-            401, "unauthorized", "missing credentials: send 'Authorization: Bearer <session token>'"
+            401, "unauthorized",
+            "missing credentials: send 'Authorization: Bearer <session token or API key>'",
         )
     return value.strip()
 
 
-def authenticate(session: Session, request: Request) -> int:
-    """Return the profile id of the caller's live login session; raise ApiError 401."""
-    token = _session_token(request)
-    row = session.exec(select(LocalAuthSession).where(LocalAuthSession.session_id == token)).first()
+@dataclasses.dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent a request: a person by session token, or a bot by API key."""
+
+    user_id: int
+    bot: BotCaller | None = None
+
+    def require_person(self, action: str) -> None:
+        """Raise ApiError 403 when a bot calls an endpoint meant for people."""
+        if self.bot is not None:
+            raise ApiError(403, "forbidden", f"bots may not {action}; use a person's session token")
+
+
+def authenticate_caller(session: Session, request: Request) -> Caller:
+    """Return the caller behind the request's bearer credential; raise ApiError 401."""
+    credential = _bearer(request)
+    if bots.looks_like_api_key(credential):
+        try:
+            bot = bots.authenticate_api_key(session, credential)
+        except InvalidApiKeyError as exc:
+            raise ApiError(401, "invalid_api_key", str(exc)) from None
+        return Caller(user_id=bot.bot_id, bot=bot)
+    row = session.exec(
+        select(LocalAuthSession).where(LocalAuthSession.session_id == credential)
+    ).first()
     if row is None:
         raise ApiError(401, "unauthorized", "unknown session token; log in again")
     expiration = row.expiration
@@ -106,7 +126,19 @@ def authenticate(session: Session, request: Request) -> int:
     profile = ensure_profile(session, row.user_id)
     if profile.id is None:
         raise ApiError(401, "unauthorized", "the account has no profile; log in again")
-    return profile.id
+    return Caller(user_id=profile.id)
+
+
+def authenticate(session: Session, request: Request) -> int:
+    """Return the profile id of the caller, a person or a bot; raise ApiError 401."""
+    return authenticate_caller(session, request).user_id
+
+
+def authenticate_person(session: Session, request: Request, action: str) -> int:
+    """Return the profile id of a person calling; raise ApiError 401, or 403 for a bot."""
+    caller = authenticate_caller(session, request)
+    caller.require_person(action)
+    return caller.user_id
 
 
 def _session(request: Request) -> Session:
@@ -116,6 +148,8 @@ def _session(request: Request) -> Session:
 
 
 Endpoint = Callable[[Request], Awaitable[JSONResponse]]
+
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]
 
 
 def _endpoint(handler: Endpoint) -> Endpoint:
@@ -140,13 +174,34 @@ async def create_token(request: Request) -> JSONResponse:
     """``POST /api/token``: an event-service token for the caller and its expiry."""
     settings: Settings = request.app.state.settings
     with _session(request) as session:
-        user_id = authenticate(session, request)
+        caller = authenticate_caller(session, request)
+        source = "bot" if caller.bot is not None else "web"
         try:
-            token, expires_at = issue_user_token(session, user_id, settings=settings)
+            token, expires_at = issue_user_token(
+                session, caller.user_id, settings=settings, token_source=source
+            )
         except ChatError as exc:
             raise ApiError(401, "unauthorized", f"{exc}; log in again") from exc
-    logger.info("issued an event-service token for user %s", user_id)
-    return JSONResponse({"token": token, "expiresAt": expires_at.isoformat()})
+    logger.info("issued an event-service token for %s %s", source, caller.user_id)
+    return JSONResponse(
+        {"token": token, "expiresAt": expires_at.isoformat(), "userId": caller.user_id}
+    )
+
+
+async def who_am_i(request: Request) -> JSONResponse:
+    """``GET /api/me``: the caller's account; for a bot, also its instance."""
+    with _session(request) as session:
+        caller = authenticate_caller(session, request)
+        profile = service.get_user(session, caller.user_id)
+        local_user = session.get(LocalUser, profile.local_user_id)
+        body = {
+            "id": caller.user_id,
+            "username": local_user.username if local_user is not None else "",
+            "displayName": profile.display_name,
+            "isBot": profile.is_bot,
+            "instanceId": caller.bot.instance_id if caller.bot is not None else None,
+        }
+    return JSONResponse(body)
 
 
 def _device_json(device: DeviceView) -> dict[str, Any]:
@@ -171,7 +226,7 @@ async def _json_object(request: Request) -> dict[str, Any]:
 async def list_user_devices(request: Request) -> JSONResponse:
     """``GET /api/devices``: the caller's active push devices."""
     with _session(request) as session:
-        user_id = authenticate(session, request)
+        user_id = authenticate_person(session, request, "have push devices")
         devices = list_devices(session, user_id)
     return JSONResponse({"devices": [_device_json(device) for device in devices]})
 
@@ -188,7 +243,7 @@ async def register_device(request: Request) -> JSONResponse:
     try:
         body = await _json_object(request)
         with _session(request) as session:
-            user_id = authenticate(session, request)
+            user_id = authenticate_person(session, request, "register push devices")
             kind = body.get("kind")
             if kind == "expo":
                 device = register_expo_device(session, user_id=user_id, token=body.get("token"))
@@ -213,9 +268,9 @@ async def register_device(request: Request) -> JSONResponse:
 
 async def delete_device(request: Request) -> JSONResponse:
     """``DELETE /api/devices/{id}``: stop pushing to one of the caller's devices."""
-    device_id = request.path_params["device_id"]
+    device_id = _path_int(request, "device_id")
     with _session(request) as session:
-        user_id = authenticate(session, request)
+        user_id = authenticate_person(session, request, "remove push devices")
         removed = remove_device(session, user_id=user_id, device_id=device_id)
     if not removed:
         raise ApiError(404, "not_found", f"device {device_id} not found among yours")
@@ -227,15 +282,36 @@ def _message_json(view: MessageView) -> dict[str, Any]:
     return {"id": view.id, **view.to_event_data()}
 
 
+MAX_INT = 2**31 - 1
+"""Largest id, seq or limit the API takes: the range of a PostgreSQL ``integer``."""
+
+
+def _bounded(name: str, value: int, raw: object) -> int:
+    if not 0 <= value <= MAX_INT:
+        raise ApiError(400, "invalid_parameter",
+                       f"{name} {raw!r} is out of range; use 0 to {MAX_INT}")
+    return value
+
+
+def _path_int(request: Request, name: str) -> int:
+    raw = request.path_params[name]
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, "invalid_parameter", f"{name} {raw!r} is not an integer") from None
+    return _bounded(name, value, raw)
+
+
 def _query_int(request: Request, name: str) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return None
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise ApiError(400, "invalid_parameter",
                        f"query parameter {name}={raw!r} is not an integer") from None
+    return _bounded(f"query parameter {name}", value, raw)
 
 
 async def list_conversation_messages(request: Request) -> JSONResponse:
@@ -273,11 +349,11 @@ async def post_conversation_message(request: Request) -> JSONResponse:
     if blocks is None:
         raise ApiError(400, "invalid_body", "send a string 'text' or a list 'blocks'")
     client_message_id = body.get("clientMessageId")
+    if client_message_id is not None and not isinstance(client_message_id, str):
+        raise ApiError(400, "invalid_body",
+                       f"'clientMessageId' must be a string, got {client_message_id!r}")
     with _session(request) as session:
         user_id = authenticate(session, request)
-        repeat = client_message_id is not None and service.find_client_message(
-            session, sender_id=user_id, client_message_id=str(client_message_id)
-        ) is not None
         view = await service.post_message(
             session,
             conversation_id=conversation_id,
@@ -287,7 +363,7 @@ async def post_conversation_message(request: Request) -> JSONResponse:
             after_publish=request.app.state.after_publish,
             client_message_id=client_message_id,
         )
-    return JSONResponse({"message": _message_json(view)}, status_code=200 if repeat else 201)
+    return JSONResponse({"message": _message_json(view)}, status_code=200 if view.repeated else 201)
 
 
 async def list_user_instances(request: Request) -> JSONResponse:
@@ -295,7 +371,7 @@ async def list_user_instances(request: Request) -> JSONResponse:
     with _session(request) as session:
         user_id = authenticate(session, request)
         instances = service.list_instances_for_user(session, user_id)
-        body = [{"id": i.id, "label": i.label} for i in instances]
+        body = [_instance_json(i) for i in instances]
     return JSONResponse({"instances": body})
 
 
@@ -310,11 +386,7 @@ async def list_user_conversations(request: Request) -> JSONResponse:
             session, user_id, instance_id=request.query_params.get("instanceId") or None
         )
         counts = read_state.unread_counts(session, user_id)
-        body = [
-            {"id": c.id, "title": c.title, "instanceId": c.instance_id,
-             "unread": counts.get(c.id, 0)}
-            for c in conversations
-        ]
+        body = [_conversation_json(c, counts.get(c.id, 0)) for c in conversations]
     return JSONResponse({"conversations": body})
 
 
@@ -325,6 +397,8 @@ async def mark_conversation_read(request: Request) -> JSONResponse:
     up_to = body.get("upToSeq")
     if up_to is not None and (not isinstance(up_to, int) or isinstance(up_to, bool)):
         raise ApiError(400, "invalid_body", f"'upToSeq' must be an integer, got {up_to!r}")
+    if up_to is not None:
+        _bounded("'upToSeq'", up_to, up_to)
     with _session(request) as session:
         user_id = authenticate(session, request)
         await read_state.mark_read(
@@ -357,24 +431,192 @@ async def add_conversation_member(request: Request) -> JSONResponse:
     if not isinstance(username, str) or not username.strip():
         raise ApiError(400, "invalid_body", "send the new member's 'username' as a string")
     with _session(request) as session:
-        user_id = authenticate(session, request)
+        user_id = authenticate_person(session, request, "add members")
         service.require_conversation_member(session, conversation_id, user_id)
         profile = service.find_user_by_username(session, username.strip())
         if profile is None or profile.id is None:
             raise ApiError(404, "not_found", f"no user is named {username!r}")
+        if profile.is_bot:
+            raise ApiError(403, "forbidden",
+                           f"{username!r} is a bot; bots take part in the conversations "
+                           "of their own instance only")
         added = service.add_conversation_member(
             session, conversation_id=conversation_id, user_id=profile.id
         )
         member = _member_json(profile)
+        conversation = service.get_conversation(session, conversation_id)
+    if added:
+        await service.announce_conversation(get_backplane(), conversation, [profile.id])
     return JSONResponse({"member": member, "added": added}, status_code=201 if added else 200)
+
+
+def _instance_json(instance: Any) -> dict[str, Any]:
+    return {"id": instance.id, "label": instance.label, "ownerId": instance.owner_id}
+
+
+def _conversation_json(conversation: Any, unread: int = 0) -> dict[str, Any]:
+    return {"id": conversation.id, "title": conversation.title,
+            "instanceId": conversation.instance_id, "unread": unread}
+
+
+async def create_instance(request: Request) -> JSONResponse:
+    """``POST /api/instances``: create an instance ``{"label": ...}``, owned by the caller."""
+    body = await _json_object(request)
+    with _session(request) as session:
+        user_id = authenticate_person(session, request, "create instances")
+        instance = service.create_instance(session, owner_id=user_id, label=body.get("label"))
+        result = _instance_json(instance)
+    return JSONResponse({"instance": result}, status_code=201)
+
+
+async def create_conversation(request: Request) -> JSONResponse:
+    """``POST /api/conversations``: ``{"instanceId": ..., "title": ...}``; instance members only.
+
+    The instance's bots join the conversation, and every member hears of
+    it through ``conversation.added`` on their user context.
+    """
+    body = await _json_object(request)
+    instance_id = body.get("instanceId")
+    if not isinstance(instance_id, str):
+        raise ApiError(400, "invalid_body", f"'instanceId' must be a string, got {instance_id!r}")
+    with _session(request) as session:
+        user_id = authenticate_person(session, request, "create conversations")
+        conversation = service.create_conversation(
+            session, instance_id=instance_id, title=body.get("title"), creator_id=user_id
+        )
+        members = service.conversation_member_ids(session, conversation.id)
+        result = _conversation_json(conversation)
+    await service.announce_conversation(get_backplane(), conversation, members)
+    return JSONResponse({"conversation": result}, status_code=201)
+
+
+def _bot_json(bot: BotView) -> dict[str, Any]:
+    return {"id": bot.id, "username": bot.username, "displayName": bot.display_name,
+            "instanceId": bot.instance_id, "createdAt": bot.created_at.isoformat()}
+
+
+def _key_json(key: ApiKeyView, secret: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": key.id, "botId": key.bot_id, "label": key.label,
+        "createdAt": key.created_at.isoformat(),
+        "lastUsedAt": key.last_used_at.isoformat() if key.last_used_at else None,
+        "revokedAt": key.revoked_at.isoformat() if key.revoked_at else None,
+    }
+    if secret is not None:
+        body["key"] = secret
+    return body
+
+
+async def list_instance_bots(request: Request) -> JSONResponse:
+    """``GET /api/instances/{id}/bots``: the instance's bots; members only."""
+    instance_id = request.path_params["instance_id"]
+    with _session(request) as session:
+        user_id = authenticate(session, request)
+        service.get_instance(session, instance_id)
+        if not service.is_instance_member(session, instance_id, user_id):
+            raise NotAMemberError(f"you are not a member of instance {instance_id!r}")
+        result = [_bot_json(bot) for bot in bots.list_bots(session, instance_id)]
+    return JSONResponse({"bots": result})
+
+
+async def create_instance_bot(request: Request) -> JSONResponse:
+    """``POST /api/instances/{id}/bots``: create a bot and its first API key; owner only.
+
+    Body: ``{"username": ..., "displayName": ..., "keyLabel": ...}``
+    (``displayName`` defaults to the username). The response holds the key;
+    it is shown this once.
+    """
+    instance_id = request.path_params["instance_id"]
+    body = await _json_object(request)
+    username, display_name = body.get("username"), body.get("displayName", body.get("username"))
+    label = body.get("keyLabel", "")
+    if not isinstance(label, str):
+        raise ApiError(400, "invalid_body", f"'keyLabel' must be a string, got {label!r}")
+    with _session(request) as session:
+        user_id = authenticate_person(session, request, "create bots")
+        bot = bots.create_bot(session, instance_id=instance_id, username=username,
+                              display_name=display_name, created_by=user_id)
+        key, secret = bots.create_api_key(session, bot_id=bot.id, created_by=user_id, label=label)
+        result = {"bot": _bot_json(bot), "apiKey": _key_json(key, secret)}
+    logger.info("user %s created bot %s in instance %s", user_id, bot.id, instance_id)
+    return JSONResponse(result, status_code=201)
+
+
+async def list_bot_keys(request: Request) -> JSONResponse:
+    """``GET /api/bots/{id}/keys``: a bot's keys, revoked ones included; owner only."""
+    bot_id = _path_int(request, "bot_id")
+    with _session(request) as session:
+        user_id = authenticate_person(session, request, "manage API keys")
+        keys = bots.list_api_keys(session, bot_id=bot_id, user_id=user_id)
+    return JSONResponse({"apiKeys": [_key_json(key) for key in keys]})
+
+
+async def create_bot_key(request: Request) -> JSONResponse:
+    """``POST /api/bots/{id}/keys``: a new API key ``{"label": ...}``, shown once; owner only."""
+    bot_id = _path_int(request, "bot_id")
+    body = await _json_object(request) if await request.body() else {}
+    label = body.get("label", "")
+    if not isinstance(label, str):
+        raise ApiError(400, "invalid_body", f"'label' must be a string, got {label!r}")
+    with _session(request) as session:
+        user_id = authenticate_person(session, request, "manage API keys")
+        key, secret = bots.create_api_key(session, bot_id=bot_id, created_by=user_id, label=label)
+    return JSONResponse({"apiKey": _key_json(key, secret)}, status_code=201)
+
+
+async def revoke_bot_key(request: Request) -> JSONResponse:
+    """``DELETE /api/bots/{id}/keys/{key id}``: revoke a key at once; owner only.
+
+    The bot's open event-service connections close with 4003, and every
+    token issued to it before is refused; clients with another valid key
+    fetch a new token and reconnect.
+    """
+    bot_id, key_id = _path_int(request, "bot_id"), request.path_params["key_id"]
+    with _session(request) as session:
+        user_id = authenticate_person(session, request, "manage API keys")
+        key, version = bots.revoke_api_key(session, bot_id=bot_id, key_id=key_id, user_id=user_id)
+    try:
+        await announce_revocation(get_backplane(), bot_id, version)
+    except Exception:
+        # The key is revoked and the new version refuses old tokens at the
+        # handshake; only the closing of open connections is missed.
+        logger.exception("failed to announce the revocation of key %s of bot %s", key_id, bot_id)
+    logger.info("user %s revoked API key %s of bot %s", user_id, key_id, bot_id)
+    return JSONResponse({"apiKey": _key_json(key)})
 
 
 def _chat_error(exc: ChatError) -> ApiError:
     if isinstance(exc, NotFoundError):
         return ApiError(404, "not_found", str(exc))
-    if isinstance(exc, NotAMemberError):
+    if isinstance(exc, (NotAMemberError, NotAllowedError)):
         return ApiError(403, "forbidden", str(exc))
+    if isinstance(exc, AlreadyExistsError):
+        return ApiError(409, "conflict", str(exc))
     return ApiError(400, "invalid_input", str(exc))
+
+
+async def openapi_json(request: Request) -> JSONResponse:
+    """``GET /api/openapi.json``: the OpenAPI document; no credentials needed."""
+    return JSONResponse(openapi_document())
+
+
+async def no_such_endpoint(request: Request) -> JSONResponse:
+    """Answer a request that no route takes with 405 when the path exists, else 404."""
+    allowed: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.endpoint is not no_such_endpoint:
+            match, _ = route.matches({**request.scope, "method": "GET", "type": "http"})
+            if match is not Match.NONE and route.methods:
+                allowed |= route.methods
+    if allowed:
+        error = ApiError(405, "method_not_allowed",
+                         f"{request.method} is not allowed on {request.url.path}; "
+                         f"use {', '.join(sorted(allowed))}")
+        response = error.response()
+        response.headers["Allow"] = ", ".join(sorted(allowed))
+        return response
+    return ApiError(404, "not_found", f"no endpoint at {request.url.path}; "
+                    "see /api/openapi.json").response()
 
 
 def create_api(
@@ -385,22 +627,35 @@ def create_api(
 ) -> Starlette:
     """Build the Starlette app that Reflex mounts its own routes under."""
     api = Starlette(routes=[
+        Route("/api/openapi.json", openapi_json, methods=["GET"]),
         Route("/api/token", _endpoint(create_token), methods=["POST"]),
         Route("/api/devices", _endpoint(list_user_devices), methods=["GET"]),
         Route("/api/devices", _endpoint(register_device), methods=["POST"]),
-        Route("/api/devices/{device_id:int}", _endpoint(delete_device), methods=["DELETE"]),
+        Route("/api/devices/{device_id}", _endpoint(delete_device), methods=["DELETE"]),
         Route("/api/conversations/{conversation_id}/messages", _endpoint(list_conversation_messages),
               methods=["GET"]),
         Route("/api/conversations/{conversation_id}/messages", _endpoint(post_conversation_message),
               methods=["POST"]),
+        Route("/api/me", _endpoint(who_am_i), methods=["GET"]),
         Route("/api/instances", _endpoint(list_user_instances), methods=["GET"]),
+        Route("/api/instances", _endpoint(create_instance), methods=["POST"]),
+        Route("/api/instances/{instance_id}/bots", _endpoint(list_instance_bots), methods=["GET"]),
+        Route("/api/instances/{instance_id}/bots", _endpoint(create_instance_bot),
+              methods=["POST"]),
+        Route("/api/bots/{bot_id}/keys", _endpoint(list_bot_keys), methods=["GET"]),
+        Route("/api/bots/{bot_id}/keys", _endpoint(create_bot_key), methods=["POST"]),
+        Route("/api/bots/{bot_id}/keys/{key_id}", _endpoint(revoke_bot_key),
+              methods=["DELETE"]),
         Route("/api/conversations", _endpoint(list_user_conversations), methods=["GET"]),
+        Route("/api/conversations", _endpoint(create_conversation), methods=["POST"]),
         Route("/api/conversations/{conversation_id}/read", _endpoint(mark_conversation_read),
               methods=["POST"]),
         Route("/api/conversations/{conversation_id}/members", _endpoint(list_conversation_members),
               methods=["GET"]),
         Route("/api/conversations/{conversation_id}/members", _endpoint(add_conversation_member),
               methods=["POST"]),
+        # Last: anything else under /api gets a JSON 404 or 405, not the web app's page.
+        Route("/api/{rest:path}", no_such_endpoint, methods=_ALL_METHODS),
     ])
     api.state.after_publish = after_publish
     api.state.on_unread_changed = on_unread_changed

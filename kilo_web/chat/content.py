@@ -1,8 +1,11 @@
 """Validation of message content blocks.
 
-A message body is a JSON list of blocks. The only block type today is text::
+A message body is a JSON list of blocks. A block is plain text or Markdown::
 
-    [{"type": "text", "text": "Hello"}]
+    [{"type": "text", "text": "Hello"}, {"type": "markdown", "text": "**Hi**"}]
+
+Markdown is rendered by the client without raw HTML, so its source is
+stored as sent and a client that cannot render it shows the text.
 
 Blocks are validated before they are stored, so everything read back from
 the ``message.content`` column has this shape.
@@ -21,7 +24,7 @@ MAX_MESSAGE_CHARS = 8000
 MAX_BLOCKS = 50
 """Maximum number of content blocks in one message."""
 
-BLOCK_TYPES = frozenset({"text"})
+BLOCK_TYPES = frozenset({"text", "markdown"})
 """Block types the service accepts."""
 
 
@@ -31,8 +34,8 @@ def text_blocks(text: str) -> list[dict[str, str]]:
 
 
 def blocks_text(blocks: Sequence[dict[str, Any]]) -> str:
-    """Join the text of every text block, one block per line."""
-    return "\n".join(block["text"] for block in blocks if block.get("type") == "text")
+    """Join the text of every block, one block per line."""
+    return "\n".join(block["text"] for block in blocks if block.get("type") in BLOCK_TYPES)
 
 
 def _validate_text_block(index: int, block: dict[str, Any]) -> dict[str, str]:
@@ -40,7 +43,7 @@ def _validate_text_block(index: int, block: dict[str, Any]) -> dict[str, str]:
     if unknown_keys:
         raise InvalidContentError(
             f"content block {index} has unknown keys {sorted(unknown_keys)}; "
-            "a text block has only 'type' and 'text'"
+            f"a {block['type']} block has only 'type' and 'text'"
         )
     text = block.get("text")
     if not isinstance(text, str):
@@ -50,7 +53,7 @@ def _validate_text_block(index: int, block: dict[str, Any]) -> dict[str, str]:
     # PostgreSQL cannot store NUL in text or JSON strings, so reject it on every backend.
     if "\x00" in text:
         raise InvalidContentError(f"content block {index} contains a NUL character; remove it")
-    return {"type": "text", "text": text}
+    return {"type": block["type"], "text": text}
 
 
 def validate_blocks(blocks: object) -> list[dict[str, str]]:
@@ -79,7 +82,7 @@ def validate_blocks(blocks: object) -> list[dict[str, str]]:
                 f"content block {index} must be an object, got {type(block).__name__}"
             )
         block_type = block.get("type")
-        if block_type not in BLOCK_TYPES:
+        if not isinstance(block_type, str) or block_type not in BLOCK_TYPES:
             raise InvalidContentError(
                 f"content block {index} has unsupported type {block_type!r}; "
                 f"use one of {sorted(BLOCK_TYPES)}"

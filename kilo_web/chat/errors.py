@@ -79,3 +79,14 @@ class AlreadyExistsError(ChatError):
 
 class NotAMemberError(ChatError, PermissionError):
     """Raised when a user acts on an instance or conversation they are not a member of."""
+
+
+class NotAllowedError(ChatError, PermissionError):
+    """Raised when a member may not do this: manage an instance's bots, say, without owning it."""
+
+
+# Credentials
+
+
+class InvalidApiKeyError(ChatError):
+    """Raised when an API key is malformed, unknown or revoked."""

@@ -20,8 +20,10 @@ from reflex_local_auth.user import LocalUser
 from sqlmodel import Field, SQLModel
 
 ID_MAX_LENGTH = 64
-CLIENT_MESSAGE_ID_MAX_LENGTH = 64
 """Maximum length of an instance or conversation id; equal to the context segment limit."""
+
+CLIENT_MESSAGE_ID_MAX_LENGTH = 64
+"""Maximum length of a client message id."""
 
 LABEL_MAX_LENGTH = 200
 """Maximum length of an instance label or a conversation title, in characters."""
@@ -35,6 +37,8 @@ __all__ = [
     "Instance",
     "InstanceMember",
     "LocalUser",
+    "ApiKey",
+    "Bot",
     "Message",
     "UTCDateTime",
     "UserProfile",
@@ -243,4 +247,59 @@ class ConversationReadState(SQLModel, table=True):
     last_read_seq: int = Field(default=0, sa_column_kwargs={"server_default": sa.text("0")})
     updated_at: datetime.datetime = Field(
         default_factory=utc_now, sa_type=UTCDateTime, nullable=False
+    )
+
+
+class Bot(SQLModel, table=True):
+    """A bot account's place: the one instance it belongs to and who made it.
+
+    ``user_id`` is the bot's ``user_profile`` row (``is_bot`` set). A bot is
+    a member of its instance and of every conversation in it.
+    """
+
+    __tablename__ = "bot"
+
+    user_id: int = Field(foreign_key="user_profile.id", ondelete="CASCADE", primary_key=True)
+    instance_id: str = Field(
+        sa_type=sa.String(ID_MAX_LENGTH),
+        foreign_key="instance.id",
+        ondelete="CASCADE",
+        nullable=False,
+        index=True,
+    )
+    created_by: int | None = Field(
+        default=None, foreign_key="user_profile.id", ondelete="SET NULL", nullable=True
+    )
+    created_at: datetime.datetime = Field(
+        default_factory=utc_now, sa_type=UTCDateTime, nullable=False
+    )
+
+
+class ApiKey(SQLModel, table=True):
+    """A bot's API key. Only a SHA-256 digest of the secret part is stored.
+
+    A key reads ``kilo_bot_<id>_<secret>``: the id finds the row, and the
+    digest of the secret must match. ``revoked_at`` is set once and never
+    cleared; a revoked key is refused from that moment on.
+    """
+
+    __tablename__ = "api_key"
+
+    id: str = Field(sa_type=sa.String(ID_MAX_LENGTH), primary_key=True)
+    bot_id: int = Field(
+        foreign_key="user_profile.id", ondelete="CASCADE", nullable=False, index=True
+    )
+    secret_sha256: str = Field(sa_type=sa.String(64), nullable=False)
+    label: str = Field(default="", sa_type=sa.String(LABEL_MAX_LENGTH), nullable=False)
+    created_by: int | None = Field(
+        default=None, foreign_key="user_profile.id", ondelete="SET NULL", nullable=True
+    )
+    created_at: datetime.datetime = Field(
+        default_factory=utc_now, sa_type=UTCDateTime, nullable=False
+    )
+    last_used_at: datetime.datetime | None = Field(
+        default=None, sa_type=UTCDateTime, nullable=True
+    )
+    revoked_at: datetime.datetime | None = Field(
+        default=None, sa_type=UTCDateTime, nullable=True
     )

@@ -12,6 +12,9 @@ from typing import Any, Protocol, runtime_checkable
 MESSAGE_CREATED_EVENT = "message.created"
 """Event name published to a conversation's context after a message is committed."""
 
+CONVERSATION_ADDED_EVENT = "conversation.added"
+"""Event name published to a user's context when they join a conversation."""
+
 
 @runtime_checkable
 class Publisher(Protocol):

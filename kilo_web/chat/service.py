@@ -40,6 +40,7 @@ from kilo_web.chat.models import (
     CLIENT_MESSAGE_ID_MAX_LENGTH,
     ID_MAX_LENGTH,
     LABEL_MAX_LENGTH,
+    Bot,
     Conversation,
     ConversationMember,
     Instance,
@@ -49,8 +50,8 @@ from kilo_web.chat.models import (
     UserProfile,
     utc_now,
 )
-from kilo_web.chat.publisher import MESSAGE_CREATED_EVENT, Publisher
-from kilo_web.event_service.contexts import kiloclaw_conversation_context
+from kilo_web.chat.publisher import CONVERSATION_ADDED_EVENT, MESSAGE_CREATED_EVENT, Publisher
+from kilo_web.event_service.contexts import kiloclaw_conversation_context, user_context
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ class MessageView:
     blocks: tuple[dict[str, str], ...]
     created_at: datetime.datetime
     client_message_id: str | None = None
+    repeated: bool = False
+    """True when ``post_message`` returned a message stored earlier under the same client id."""
 
     def to_event_data(self) -> dict[str, Any]:
         """Return the JSON payload of the ``message.created`` event."""
@@ -323,8 +326,9 @@ def create_conversation(
 ) -> Conversation:
     """Create a conversation in an instance, with the creator and ``member_ids`` as members.
 
-    The creator must already be a member of the instance; the other members
-    are added to the instance if they are not in it yet. Raises
+    The instance's bots join it too. The creator must already be a member of
+    the instance; the other members are added to the instance if they are
+    not in it yet. Raises
     InvalidIdError, InvalidNameError, InstanceNotFoundError,
     UserNotFoundError, NotAMemberError, or AlreadyExistsError when the id is taken.
     """
@@ -349,6 +353,10 @@ def create_conversation(
         if member_id not in all_member_ids:
             get_user(session, member_id)
             all_member_ids.append(member_id)
+    # The instance's bots take part in every conversation of their instance.
+    for bot_id in session.exec(select(Bot.user_id).where(Bot.instance_id == instance_id)).all():
+        if bot_id not in all_member_ids:
+            all_member_ids.append(bot_id)
 
     conversation = Conversation(id=conversation_id, instance_id=instance_id, title=title)
     session.add(conversation)
@@ -390,6 +398,37 @@ def add_conversation_member(session: Session, *, conversation_id: str, user_id: 
         raise
     logger.info("added user %s to conversation %s", user_id, conversation_id)
     return True
+
+
+async def announce_conversation(
+    publisher: Publisher, conversation: Conversation, user_ids: Iterable[int]
+) -> None:
+    """Publish ``conversation.added`` to the user context of each of ``user_ids``.
+
+    Call it after the membership is committed, so clients (a bot, a second
+    tab) learn of a conversation they now belong to without polling. A
+    publish failure is logged and swallowed: the membership stands, and
+    clients see it the next time they list their conversations.
+    """
+    data = {
+        "conversationId": conversation.id,
+        "instanceId": conversation.instance_id,
+        "title": conversation.title,
+    }
+    for user_id in user_ids:
+        try:
+            await publisher.publish(user_context(str(user_id)), CONVERSATION_ADDED_EVENT, data)
+        except Exception:
+            logger.exception("failed to announce conversation %s to user %s",
+                             conversation.id, user_id)
+
+
+def conversation_member_ids(session: Session, conversation_id: str) -> list[int]:
+    """Return the user ids of a conversation's members."""
+    statement = select(ConversationMember.user_id).where(
+        ConversationMember.conversation_id == conversation_id
+    )
+    return list(session.exec(statement).all())
 
 
 def _check_client_message_id(value: str | None) -> str | None:
@@ -586,7 +625,7 @@ def _repeated(existing: MessageView, conversation_id: str) -> MessageView:
         )
     logger.info("repeat of client message %s returned message %s",
                 existing.client_message_id, existing.id)
-    return existing
+    return dataclasses.replace(existing, repeated=True)
 
 
 def list_messages(

@@ -34,6 +34,11 @@ from kilo_web.event_service import protocol
 from kilo_web.event_service.access import Authorizer
 from kilo_web.event_service.backplane import Backplane, InMemoryBackplane
 from kilo_web.event_service.contexts import PLATFORM_PRESENCE_CONTEXT, is_presence_context
+from kilo_web.event_service.control import (
+    CONTROL_CONTEXT,
+    TOKENS_REVOKED_EVENT,
+    is_system_context,
+)
 from kilo_web.event_service.history import ContextStream
 from kilo_web.event_service.limits import TokenBucket
 from kilo_web.event_service.presence import STATE, PresenceDiff, PresenceTracker
@@ -147,6 +152,7 @@ class EventServiceServer:
         self._ids = itertools.count(1)
         self._server: Server | None = None
         self._remove_receiver: Callable[[], None] | None = None
+        self._control_tasks: set[asyncio.Task[int]] = set()
 
     # Life cycle -------------------------------------------------------------
 
@@ -155,6 +161,7 @@ class EventServiceServer:
         if self._server is not None:
             return
         self._remove_receiver = self.backplane.add_receiver(self._deliver)
+        await self.backplane.watch(CONTROL_CONTEXT)
         self._server = await serve(
             self._handle,
             self._host,
@@ -179,6 +186,7 @@ class EventServiceServer:
         if self._remove_receiver is not None:
             self._remove_receiver()
             self._remove_receiver = None
+            await self.backplane.unwatch(CONTROL_CONTEXT)
         for handle in self._lingering.values():
             handle.cancel()
         self._lingering.clear()
@@ -218,6 +226,9 @@ class EventServiceServer:
 
     def _deliver(self, context: str, event: str, data: dict[str, Any]) -> None:
         """Number an event from the backplane and send it to the context's holders."""
+        if context == CONTROL_CONTEXT:
+            self._control(event, data)
+            return
         stream = self._streams.get(context)
         if stream is None:
             return
@@ -227,6 +238,17 @@ class EventServiceServer:
             # NOTE: broadcast() applies no backpressure; a client that reads slower
             # than events arrive buffers them until the ping timeout drops it.
             broadcast((self._sessions[i].connection for i in holders), frame)
+
+    def _control(self, event: str, data: dict[str, Any]) -> None:
+        """Act on a command from the application (see ``control``)."""
+        if event == TOKENS_REVOKED_EVENT:
+            user_id, version = data.get("userId"), data.get("version")
+            if isinstance(user_id, str) and isinstance(version, int):
+                task = asyncio.get_running_loop().create_task(self.revoke(user_id, version))
+                self._control_tasks.add(task)
+                task.add_done_callback(self._control_tasks.discard)
+                return
+        logger.warning("ignored control event %s with data %r", event, data)
 
     # Introspection ----------------------------------------------------------
 
@@ -436,7 +458,9 @@ class EventServiceServer:
                 frame_type=frame.type,
             ))
             return
-        forbidden = await self._authorizer.forbidden_contexts(session.user_id, new) if new else []
+        forbidden = [c for c in new if is_system_context(c)]
+        if new and not forbidden:
+            forbidden = await self._authorizer.forbidden_contexts(session.user_id, new)
         if forbidden:
             session.log.info("subscribe forbidden: %s", ", ".join(forbidden))
             self._write(session, protocol.Error(

@@ -24,6 +24,7 @@ from kilo_web.event_service.contexts import (
     kiloclaw_instance_presence_context,
 )
 from kilo_web.chat import read_state
+from kilo_web.chat.publisher import CONVERSATION_ADDED_EVENT
 from kilo_web.chat.read_state import UNREAD_CHANGED_EVENT
 from kilo_web.event_service.contexts import user_context
 from kilo_web.event_service.embedded import get_backplane
@@ -75,6 +76,8 @@ class MessageItem(TypedDict):
     sender_name: str
     sender_is_bot: bool
     text: str
+    markdown: bool
+    """True when the message has a Markdown block; the text is then rendered as Markdown."""
     created_at: str
 
 
@@ -95,6 +98,9 @@ def _message_item(
         sender_name=sender_name,
         sender_is_bot=sender_is_bot,
         text=blocks_text(blocks),
+        # NOTE: a message that mixes text and Markdown blocks is rendered
+        # wholly as Markdown.
+        markdown=any(block.get("type") == "markdown" for block in blocks),
         created_at=created_at,
     )
 
@@ -451,9 +457,13 @@ class ChatState(reflex_local_auth.LocalAuthState):
                     creator_id=profile_id,
                 )
                 conversation_id = conversation.id
+                others = [member for member in service.conversation_member_ids(
+                    session, conversation_id) if member != profile_id]
         except ChatError as exc:
             self.error_message = str(exc)
             return None
+        # The instance's bots joined too; they learn of the conversation this way.
+        await service.announce_conversation(get_backplane(), conversation, others)
         self.error_message = ""
         self._reload_lists(profile_id)
         self._open_conversation(conversation_id)
@@ -480,13 +490,22 @@ class ChatState(reflex_local_auth.LocalAuthState):
                         f"No user is named {username!r}; check the spelling of the username."
                     )
                     return None
+                if user.is_bot:
+                    self.error_message = (
+                        f"{user.display_name} is a bot; bots take part in the conversations "
+                        "of their own instance only."
+                    )
+                    return None
                 added = service.add_conversation_member(
                     session, conversation_id=self.selected_conversation_id, user_id=user.id
                 )
-                name = user.display_name
+                name, added_id = user.display_name, user.id
+                conversation = service.get_conversation(session, self.selected_conversation_id)
         except ChatError as exc:
             self.error_message = str(exc)
             return None
+        if added:
+            await service.announce_conversation(get_backplane(), conversation, [added_id])
         self.error_message = ""
         self.info_message = (
             f"Added {name} to this conversation." if added
@@ -581,6 +600,14 @@ def _on_unread_changed(state: ChatState, events: list[Event]) -> None:
     state._apply_unread(events)
 
 
+async def _on_conversation_added(state: ChatState, events: list[Event]) -> None:
+    # Someone added this user to a conversation: show it in the sidebar.
+    if any(event.context == state.user_context for event in events):
+        profile_id = await state._require_profile()
+        if profile_id is not None:
+            state._reload_lists(profile_id)
+
+
 def _on_presence(state: ChatState, events: list[Event]) -> None:
     state._apply_presence_events(events)
 
@@ -596,3 +623,4 @@ for _presence_event in (STATE, JOIN, LEAVE, SUBSCRIBED):
 for _subscription_event in (SUBSCRIBED, RECOVERY_FAILED):
     add_event_handler(_subscription_event, ChatState, _on_missed_events)
 add_event_handler(UNREAD_CHANGED_EVENT, ChatState, _on_unread_changed)
+add_event_handler(CONVERSATION_ADDED_EVENT, ChatState, _on_conversation_added)

@@ -8,6 +8,8 @@ instance's presence, and the open conversation's presence.
 
 from __future__ import annotations
 
+from typing import Any
+
 import reflex as rx
 
 from kilo_web.web.chat_state import ChatState, ConversationRow, InstanceItem, MemberItem, MessageItem
@@ -191,6 +193,11 @@ def _viewer_face(member: MemberItem) -> rx.Component:
     )
 
 
+def _markdown_link(*children: rx.Component, **props: Any) -> rx.Component:
+    """Render a Markdown link that opens in a new tab, without access to this page."""
+    return rx.link(*children, **props, is_external=True, rel="noopener noreferrer")
+
+
 def _message_row(message: MessageItem) -> rx.Component:
     mine = message["sender_id"] == ChatState.profile_id
     return rx.box(
@@ -199,8 +206,21 @@ def _message_row(message: MessageItem) -> rx.Component:
             rx.moment(message["created_at"], format="HH:mm", size="1", color="gray"),
             align="baseline",
         ),
-        rx.text(message["text"], white_space="pre-wrap", overflow_wrap="anywhere", size="3",
-                class_name="message-text"),
+        rx.cond(
+            message["markdown"],
+            rx.markdown(
+                message["text"],
+                # Raw HTML in the source is shown as text, never parsed.
+                use_raw=False,
+                use_math=False,
+                use_katex=False,
+                component_map={"a": _markdown_link},
+                overflow_wrap="anywhere",
+                class_name="message-text message-markdown",
+            ),
+            rx.text(message["text"], white_space="pre-wrap", overflow_wrap="anywhere", size="3",
+                    class_name="message-text"),
+        ),
         padding="0.5em 0.75em",
         border_radius="8px",
         background=rx.cond(mine, "var(--accent-a3)", "var(--gray-a2)"),

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
+import secrets
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import bcrypt
 import pytest
+import uvicorn
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from reflex_local_auth.auth_session import LocalAuthSession
 from reflex_local_auth.user import LocalUser
 from sqlmodel import Session, SQLModel
 
 from kilo_web.chat import service
+from kilo_web.chat.api import create_api
 from kilo_web.chat.models import Conversation, Instance, UserProfile
+from kilo_web.settings import Settings
+from tests.helpers import free_port
 
 TEST_PASSWORD = "test-password"
 
@@ -134,3 +143,43 @@ def schema_differences() -> Callable[[sa.Connection], list]:
         return [diff for diff in found if _diff_table_name(diff) in CHAT_TABLES]
 
     return differences
+
+
+# The HTTP API on a real loopback socket
+
+SECRET = "api-test-secret-" + "z" * 48
+
+
+@pytest.fixture
+def settings(database_url, tmp_path) -> Settings:
+    return Settings(data_dir=tmp_path, database_url=database_url, jwt_secret=SECRET)
+
+
+@pytest.fixture
+def api_url(settings):
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_api(settings), host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive(), "uvicorn exited during start-up"
+        assert time.monotonic() < deadline, "uvicorn did not start within 10 s"
+        time.sleep(0.01)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def login_session(session, local_user_id: int, *, expires_in: dt.timedelta) -> str:
+    session_id = f"session-{local_user_id}-{secrets.token_hex(8)}"
+    session.add(LocalAuthSession(user_id=local_user_id, session_id=session_id,
+                                 expiration=dt.datetime.now(dt.UTC) + expires_in))
+    session.commit()
+    return session_id
+
+
+def auth_headers(session, profile) -> dict[str, str]:
+    session_id = login_session(session, profile.local_user_id, expires_in=dt.timedelta(days=1))
+    return {"Authorization": f"Bearer {session_id}"}

@@ -4,29 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import socket
-import threading
-import time
 
 import httpx
 import jwt
 import pytest
-import uvicorn
-from reflex_local_auth.auth_session import LocalAuthSession
 
 from kilo_web.chat.access import DatabaseAuthorizer
-from kilo_web.chat.api import create_api
 from kilo_web.chat.tokens import issue_user_token, revoke_user_tokens
 from kilo_web.event_service.tokens import InvalidToken, decode_token
-from kilo_web.settings import Settings
-from tests.helpers import free_port
-
-SECRET = "api-test-secret-" + "z" * 48
-
-
-@pytest.fixture
-def settings(database_url, tmp_path) -> Settings:
-    return Settings(data_dir=tmp_path, database_url=database_url, jwt_secret=SECRET)
+from tests.chat.conftest import SECRET, auth_headers, login_session
 
 
 @pytest.fixture
@@ -84,31 +70,6 @@ def test_issue_token_carries_current_version(session, people, settings):
     assert claims.version == 1
     assert claims.token_source == "web"
     assert claims.expires_at == expires_at
-
-
-@pytest.fixture
-def api_url(settings):
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_api(settings), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive(), "uvicorn exited during start-up"
-        assert time.monotonic() < deadline, "uvicorn did not start within 10 s"
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-
-
-def login_session(session, local_user_id: int, *, expires_in: dt.timedelta) -> str:
-    session_id = f"session-{local_user_id}-{expires_in.total_seconds()}"
-    session.add(LocalAuthSession(user_id=local_user_id, session_id=session_id,
-                                 expiration=dt.datetime.now(dt.UTC) + expires_in))
-    session.commit()
-    return session_id
 
 
 def test_token_endpoint_returns_token_and_expiry(api_url, session, people, settings):
@@ -174,11 +135,6 @@ async def test_revoked_token_refused_by_event_service(session, engine, people, s
             await fresh.send('{"type": "context.subscribe", "contexts": ["/presence/platform"]}')
             assert '"context.subscribed"' in await fresh.recv()
             assert server.connection_count(str(people.alice.id)) == 1
-
-
-def auth_headers(session, profile) -> dict[str, str]:
-    session_id = login_session(session, profile.local_user_id, expires_in=dt.timedelta(days=1))
-    return {"Authorization": f"Bearer {session_id}"}
 
 
 EXPO_TOKEN = "ExponentPushToken[abcdefghijklmnopqrstuv]"
@@ -335,7 +291,7 @@ def test_messages_need_membership(api_url, session, people, conversation):
 def test_lists_instances_and_conversations(api_url, session, people, instance, conversation):
     headers = auth_headers(session, people.bob)
     instances = httpx.get(f"{api_url}/api/instances", headers=headers).json()["instances"]
-    assert instances == [{"id": instance.id, "label": "Sandbox"}]
+    assert instances == [{"id": instance.id, "label": "Sandbox", "ownerId": people.alice.id}]
     listed = httpx.get(f"{api_url}/api/conversations", headers=headers,
                        params={"instanceId": instance.id}).json()["conversations"]
     assert listed == [{"id": conversation.id, "title": "General", "instanceId": instance.id,
