@@ -23,12 +23,29 @@ KILO_TOKEN_TTL_SECONDS         Lifetime of an event-service token. Default
 KILO_EVENT_SERVICE_HOST        Interface the event service listens on.
                                Default ``127.0.0.1``.
 KILO_EVENT_SERVICE_PORT        TCP port of the event service. Default 8765.
-KILO_EVENT_SERVICE_URL         URL the web backend connects to. Default
+KILO_EVENT_SERVICE_URL         URL the web backend connects to, or several
+                               nodes' URLs separated by commas (a client
+                               moves to the next when one is gone). Default
                                ``ws://{host}:{port}`` from the two above.
 KILO_EMBED_EVENT_SERVICE       ``1`` starts the event service inside the
                                Reflex backend process (single worker only);
                                ``0`` expects it to run as its own process.
                                Default 1.
+KILO_REDIS_URL                 Redis URL (``redis://host:6379/0``) of the
+                               backplane that carries events and presence
+                               between event-service nodes and the processes
+                               that publish. Default: empty, which keeps
+                               fan-out in process (one node only).
+KILO_REDIS_PREFIX              Start of every Redis key and channel name, so
+                               several deployments can share one Redis.
+                               Default ``kilo:``.
+KILO_NODE_ID                   Name of this event-service node in Redis; it
+                               must stay the same across restarts, so a node
+                               can clear the presence entries it left
+                               behind. Default ``{host}:{port}``.
+KILO_PRESENCE_TTL_SECONDS      With Redis, how long a node's presence entries
+                               outlive its last heartbeat; heartbeats come
+                               every third of it. Default 15.
 KILO_MAX_FRAME_BYTES           Largest WebSocket frame the event service
                                accepts. Default 65536.
 KILO_PRESENCE_GRACE_SECONDS    How long a user who lost their last connection
@@ -96,6 +113,21 @@ KILO_WEBPUSH_ENDPOINT_ORIGINS  Origins a Web Push subscription endpoint may
                                Firefox, Safari and Edge.
 KILO_WEBPUSH_TTL_SECONDS       How long a Web Push service keeps a push for
                                an offline browser. Default 86400.
+KILO_DEMO_BOT                  ``1`` runs the demo bot (``kilo_web.bots.demo``)
+                               inside the Reflex backend process when it has
+                               an API key; ``0`` does not. Default 1.
+KILO_BOT_API_URL               Base URL where the demo bot finds ``/api``.
+                               Default ``http://127.0.0.1:{port}``, with the
+                               port from ``REFLEX_BACKEND_PORT`` (which
+                               ``reflex run`` sets) or 8000, read when the
+                               bot starts.
+KILO_BOT_API_KEY_FILE          File that holds the demo bot's API key, mode
+                               0600; the seed and ``python -m
+                               kilo_web.bots.keys create`` write it. Default
+                               ``demo-bot.key`` in KILO_DATA_DIR.
+KILO_BOT_API_KEY               The demo bot's API key itself; when set, it is
+                               used instead of KILO_BOT_API_KEY_FILE. Default:
+                               none.
 =============================  ==============================================
 """
 
@@ -172,6 +204,21 @@ DEFAULT_WEBPUSH_ENDPOINT_ORIGINS = (
 """Push services of Chrome, Firefox, Safari and Edge; subscriptions elsewhere are rejected."""
 
 
+DEFAULT_BACKEND_PORT = 8000
+"""Port of the Reflex backend when ``REFLEX_BACKEND_PORT`` is unset (Reflex 0.10's default)."""
+
+
+def local_backend_url() -> str:
+    """Return the loopback URL of the Reflex backend, from ``REFLEX_BACKEND_PORT`` now.
+
+    ``reflex run --backend-port N`` exports ``REFLEX_BACKEND_PORT=N`` only
+    after it has read the settings, and Reflex 0.10 forks its backend workers
+    with that cache, so the port is read at each call instead of once.
+    """
+    port = _env_int("REFLEX_BACKEND_PORT", DEFAULT_BACKEND_PORT, minimum=1)
+    return f"http://127.0.0.1:{port}"
+
+
 def _read_or_create_secret(path: Path) -> str:
     """Return the secret stored in ``path``, creating it with mode 0600 if missing."""
     try:
@@ -204,6 +251,10 @@ class Settings:
     event_service_port: int = 8765
     event_service_url: str = "ws://127.0.0.1:8765"
     embed_event_service: bool = True
+    redis_url: str = dataclasses.field(default="", repr=False)
+    redis_prefix: str = "kilo:"
+    node_id: str = ""
+    presence_ttl_seconds: float = 15.0
     max_frame_bytes: int = 65536
     presence_grace_seconds: float = 5.0
     ping_interval_seconds: float = 20.0
@@ -228,6 +279,10 @@ class Settings:
     vapid_subject: str = "mailto:admin@localhost"
     webpush_endpoint_origins: tuple[str, ...] = DEFAULT_WEBPUSH_ENDPOINT_ORIGINS
     webpush_ttl_seconds: int = 86400
+    demo_bot: bool = True
+    bot_api_url: str | None = None
+    bot_api_key_file: Path | None = None
+    bot_api_key: str = dataclasses.field(default="", repr=False)
 
     def __post_init__(self) -> None:
         if self.reconnect_min_seconds > self.reconnect_max_seconds:
@@ -241,9 +296,24 @@ class Settings:
             )
 
     @property
+    def event_service_urls(self) -> list[str]:
+        """The event-service nodes: KILO_EVENT_SERVICE_URL split at commas."""
+        return [url.strip() for url in self.event_service_url.split(",") if url.strip()]
+
+    @property
     def vapid_key_path(self) -> Path:
         """The VAPID private key file: KILO_VAPID_PRIVATE_KEY_FILE or one in the data folder."""
         return self.vapid_private_key_file or self.data_dir / "vapid-private.pem"
+
+    @property
+    def bot_api_base_url(self) -> str:
+        """The demo bot's API URL: KILO_BOT_API_URL or, when unset, ``local_backend_url()``."""
+        return self.bot_api_url or local_backend_url()
+
+    @property
+    def bot_api_key_path(self) -> Path:
+        """The demo bot's key file: KILO_BOT_API_KEY_FILE or ``demo-bot.key`` in the data folder."""
+        return self.bot_api_key_file or self.data_dir / "demo-bot.key"
 
     @property
     def async_database_url(self) -> str:
@@ -272,6 +342,10 @@ class Settings:
             event_service_port=port,
             event_service_url=_env_str("KILO_EVENT_SERVICE_URL", f"ws://{host}:{port}"),
             embed_event_service=_env_bool("KILO_EMBED_EVENT_SERVICE", True),
+            redis_url=_env_str("KILO_REDIS_URL", ""),
+            redis_prefix=_env_str("KILO_REDIS_PREFIX", "kilo:"),
+            node_id=_env_str("KILO_NODE_ID", f"{host}:{port}"),
+            presence_ttl_seconds=_env_float("KILO_PRESENCE_TTL_SECONDS", 15.0, minimum=1.0),
             max_frame_bytes=_env_int("KILO_MAX_FRAME_BYTES", 65536, minimum=1024),
             presence_grace_seconds=_env_float("KILO_PRESENCE_GRACE_SECONDS", 5.0),
             ping_interval_seconds=_env_float("KILO_PING_INTERVAL_SECONDS", 20.0, minimum=0.1),
@@ -302,6 +376,12 @@ class Settings:
                 "KILO_WEBPUSH_ENDPOINT_ORIGINS", DEFAULT_WEBPUSH_ENDPOINT_ORIGINS
             ),
             webpush_ttl_seconds=_env_int("KILO_WEBPUSH_TTL_SECONDS", 86400, minimum=0),
+            demo_bot=_env_bool("KILO_DEMO_BOT", True),
+            bot_api_url=_env_str("KILO_BOT_API_URL", "").rstrip("/") or None,
+            bot_api_key_file=Path(
+                _env_str("KILO_BOT_API_KEY_FILE", str(data_dir / "demo-bot.key"))
+            ),
+            bot_api_key=os.environ.get("KILO_BOT_API_KEY", "").strip(),
         )
 
 

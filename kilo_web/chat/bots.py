@@ -6,7 +6,7 @@ including conversations created later. It signs in with an API key instead
 of a password.
 
 An API key reads ``kilo_bot_<key id>_<secret>``. The key id is public and
-finds the row; only the SHA-256 digest of the secret is stored, so a key is
+finds the row. Only the SHA-256 digest of the secret is stored, so a key is
 shown once, when it is made, and cannot be read back. The secret carries 256
 random bits, which is why a fast digest is enough where a password would need
 a slow one.
@@ -129,7 +129,7 @@ def _bot_view(session: Session, bot: Bot) -> BotView:
 
 
 def get_bot(session: Session, bot_id: int) -> Bot:
-    """Return the bot row of ``bot_id``; raise NotFoundError."""
+    """Return the bot row of ``bot_id``, or raise NotFoundError."""
     bot = session.get(Bot, bot_id)
     if bot is None:
         raise NotFoundError(f"bot {bot_id} not found; list an instance's bots for their ids")
@@ -159,7 +159,9 @@ def attach_bot(
     if profile is None:
         raise NotFoundError(f"user {bot_id} not found")
     if not profile.is_bot:
-        raise NotAllowedError(f"user {bot_id} is a person, not a bot; only bots join instances this way")
+        raise NotAllowedError(
+            f"user {bot_id} is a person, not a bot; add people to conversations instead"
+        )
     get_instance(session, instance_id)
     existing = session.get(Bot, bot_id)
     if existing is not None:
@@ -281,9 +283,9 @@ def looks_like_api_key(value: str) -> bool:
 
 
 def authenticate_api_key(session: Session, key: str) -> BotCaller:
-    """Return the bot that ``key`` belongs to; raise InvalidApiKeyError.
+    """Return the bot that ``key`` belongs to, or raise InvalidApiKeyError.
 
-    The error message never repeats the key.
+    The error message names the key id at most, never the secret.
     """
     match = _KEY_PATTERN.fullmatch(key)
     if match is None:

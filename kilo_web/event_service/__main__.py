@@ -2,7 +2,9 @@
 
     python -m kilo_web.event_service --host 127.0.0.1 --port 8765
 
-Flags override the KILO_EVENT_SERVICE_* settings; the secret comes from
+With KILO_REDIS_URL set, the node receives what the app and other nodes
+publish through Redis, and shares presence with the other nodes. Flags
+override the KILO_EVENT_SERVICE_* settings; the secret comes from
 ``--secret-file``, ``--secret`` or KILO_JWT_SECRET, in that order (a
 secret on the command line shows in the process list).
 """
@@ -13,11 +15,13 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 
-from kilo_web.event_service.backplane import InMemoryBackplane
+from kilo_web.event_service.backplane import Backplane, InMemoryBackplane
+from kilo_web.event_service.redis_backplane import RedisBackplane
 from kilo_web.event_service.embedded import server_from_settings
 from kilo_web.settings import Settings, SettingsError, get_settings
 
@@ -41,21 +45,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         help="file holding the HS256 token secret (default: KILO_JWT_SECRET)",
     )
+    parser.add_argument(
+        "--node-id",
+        help="this node's name in Redis, stable across restarts (default: KILO_NODE_ID, "
+        "else HOST:PORT)",
+    )
     parser.add_argument("--log-level", help="logging level (default: KILO_LOG_LEVEL)")
     return parser.parse_args(argv)
 
 
-async def serve(settings: Settings, host: str, port: int) -> None:
+async def serve(settings: Settings, host: str, port: int, node_id: str) -> None:
     """Serve until SIGINT or SIGTERM."""
-    # TODO: publishers in other processes reach this server only through a
-    # shared backplane (Redis pub/sub), which does not exist yet.
-    server = server_from_settings(settings, backplane=InMemoryBackplane(), host=host, port=port)
+    backplane: Backplane
+    if settings.redis_url:
+        backplane = RedisBackplane(settings.redis_url, prefix=settings.redis_prefix)
+    else:
+        # Nothing in another process can publish to this node without Redis.
+        logger.warning("KILO_REDIS_URL is not set: this node receives events from no other "
+                       "process; set it to run beside the app")
+        backplane = InMemoryBackplane()
+    server = server_from_settings(settings, backplane=backplane, host=host, port=port,
+                                  node_id=node_id)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with server:
-        await stop.wait()
+    try:
+        async with server:
+            logger.info("node %s ready", node_id)
+            await stop.wait()
+    finally:
+        if isinstance(backplane, RedisBackplane):
+            await backplane.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,13 +99,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: cannot read --secret-file {args.secret_file}: {exc}", file=sys.stderr)
             return 2
     settings = dataclasses.replace(settings, jwt_secret=secret)
-    asyncio.run(
-        serve(
-            settings,
-            args.host or settings.event_service_host,
-            settings.event_service_port if args.port is None else args.port,
-        )
-    )
+    host = args.host or settings.event_service_host
+    port = settings.event_service_port if args.port is None else args.port
+    node_id = args.node_id or os.environ.get("KILO_NODE_ID", "").strip() or f"{host}:{port}"
+    asyncio.run(serve(settings, host, port, node_id))
     return 0
 
 

@@ -3,8 +3,9 @@
 A publisher (the chat service, a bot, a script) calls ``publish``; every
 node that watches the context receives the event and fans it out to its
 own connections. A node watches a context while at least one of its
-connections holds it. ``InMemoryBackplane`` serves the single-process
-deployment; a Redis pub/sub backplane implements the same interface for
+connections holds it, and watches are counted, so several nodes may share
+one backplane. ``InMemoryBackplane`` serves the single-process deployment;
+``redis_backplane.RedisBackplane`` implements the same interface for
 several nodes.
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
+
+from kilo_web.event_service.refcount import SubscriptionCounts
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +37,10 @@ class Backplane(Publisher, Protocol):
         """Register a node's receiver; return a function that removes it."""
 
     async def watch(self, context: str) -> None:
-        """Start delivering ``context`` to this process's receivers."""
+        """Count one more watcher of ``context``; deliver it here from when this returns."""
 
     async def unwatch(self, context: str) -> None:
-        """Stop delivering ``context`` to this process's receivers."""
+        """Count one watcher less; stop delivering ``context`` when none is left."""
 
 
 class InMemoryBackplane:
@@ -49,7 +52,7 @@ class InMemoryBackplane:
 
     def __init__(self) -> None:
         self._receivers: list[Receiver] = []
-        self._watched: set[str] = set()
+        self._watched = SubscriptionCounts()
 
     def add_receiver(self, receiver: Receiver) -> Callable[[], None]:
         self._receivers.append(receiver)
@@ -61,10 +64,10 @@ class InMemoryBackplane:
         return remove
 
     async def watch(self, context: str) -> None:
-        self._watched.add(context)
+        self._watched.acquire([context])
 
     async def unwatch(self, context: str) -> None:
-        self._watched.discard(context)
+        self._watched.release([context])
 
     async def publish(self, context: str, event: str, data: dict[str, Any]) -> None:
         if context not in self._watched:

@@ -29,7 +29,7 @@ import inspect
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import jwt
@@ -105,6 +105,8 @@ async def _call(handler: Callable[..., Any], *args: Any) -> None:
 class EventServiceClient:
     """Share one event-service socket among many consumers.
 
+    ``url`` is one node's ``ws://`` URL or a list of nodes: after a failed or
+    lost connection the client tries the next one, and resubscribes there.
     ``get_token`` is an async callable that returns a token; it is called for
     every connect and reconnect. Handlers run one at a time in the reader
     task, in arrival order, so a slow handler delays the events after it.
@@ -112,7 +114,7 @@ class EventServiceClient:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         get_token: Callable[[], Awaitable[str]],
         *,
         reconnect_min_seconds: float = 0.5,
@@ -127,8 +129,13 @@ class EventServiceClient:
                 f"invalid backoff: reconnect_min_seconds={reconnect_min_seconds} must be "
                 f"above 0 and at most reconnect_max_seconds={reconnect_max_seconds}"
             )
-        self.url = url
-        self.name = name or url
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls:
+            raise ValueError("give at least one event-service URL")
+        self.urls = urls
+        """The nodes to connect to; after a failed or lost connection the next one is tried."""
+        self._node = 0
+        self.name = name or urls[0]
         self._get_token = get_token
         self._reconnect_min = reconnect_min_seconds
         self._reconnect_max = reconnect_max_seconds
@@ -161,6 +168,11 @@ class EventServiceClient:
     def counts(self) -> dict[str, int]:
         """Each context with a count above zero, mapped to its count."""
         return self._counts.snapshot()
+
+    @property
+    def url(self) -> str:
+        """The node the client is connected to, or tries next."""
+        return self.urls[self._node % len(self.urls)]
 
     @property
     def connected(self) -> bool:
@@ -309,6 +321,8 @@ class EventServiceClient:
 
             if self._closing:
                 break
+            # The node failed or went away, so the next attempt tries another.
+            self._node = (self._node + 1) % len(self.urls)
             if opened_at is not None and loop.time() - opened_at >= self._stable_after:
                 attempt = 0
             delay = backoff_delay(attempt, minimum=self._reconnect_min, maximum=self._reconnect_max)

@@ -1,7 +1,7 @@
 """Commands from the application to every event-service node, carried by the backplane.
 
-The application publishes to ``CONTROL_CONTEXT`` like any other context;
-each node watches it from the moment it starts and acts on what arrives
+The application publishes to ``CONTROL_CONTEXT`` like any other context.
+Each node watches it from the moment it starts and acts on what arrives
 instead of fanning it out. No client may subscribe to it.
 
 ``tokens.revoked`` ``{"userId": "7", "version": 3}``
@@ -20,7 +20,7 @@ from kilo_web.event_service.backplane import Publisher
 logger = logging.getLogger(__name__)
 
 SYSTEM_PREFIX = "/_system"
-"""Contexts under this prefix are reserved for the nodes; subscribing is refused."""
+"""Prefix of the contexts reserved for the nodes: the server rejects subscriptions to them."""
 
 CONTROL_CONTEXT = f"{SYSTEM_PREFIX}/control"
 TOKENS_REVOKED_EVENT = "tokens.revoked"

@@ -2,7 +2,8 @@
 
 The process has one backplane. The chat service publishes to it, and the
 embedded server, started by the ``embedded_event_service`` lifespan task,
-receives from it.
+receives from it. With KILO_REDIS_URL set it is the Redis backplane, which
+also reaches event-service nodes in other processes.
 """
 
 from __future__ import annotations
@@ -11,27 +12,55 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import redis.asyncio as redis
+
 from kilo_web.chat.access import DatabaseAuthorizer
 from kilo_web.chat.database import make_engine
 from kilo_web.event_service.backplane import Backplane, InMemoryBackplane
+from kilo_web.event_service.cluster_presence import ClusterPresence
+from kilo_web.event_service.redis_backplane import RedisBackplane
 from kilo_web.event_service.server import EventServiceServer
 from kilo_web.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
-_backplane: Backplane = InMemoryBackplane()
+_backplane: Backplane | None = None
 
 
 def get_backplane() -> Backplane:
-    """Return the backplane this process publishes to."""
-    # TODO: with KILO_EMBED_EVENT_SERVICE=0 the events published here reach a
-    # separate event-service process only through a shared backplane (Redis
-    # pub/sub), which does not exist yet.
+    """Return the backplane this process publishes to: Redis when KILO_REDIS_URL is set."""
+    global _backplane
+    if _backplane is None:
+        settings = get_settings()
+        if settings.redis_url:
+            _backplane = RedisBackplane(settings.redis_url, prefix=settings.redis_prefix)
+            logger.info("publishing through the Redis backplane (prefix %s)", settings.redis_prefix)
+        else:
+            _backplane = InMemoryBackplane()
     return _backplane
 
 
+def cluster_presence_from_settings(
+    settings: Settings, node_id: str | None = None
+) -> ClusterPresence | None:
+    """Return the Redis presence of this node when KILO_REDIS_URL is set, else None."""
+    if not settings.redis_url:
+        return None
+    return ClusterPresence(
+        redis.Redis.from_url(settings.redis_url),
+        node_id=node_id or settings.node_id,
+        prefix=settings.redis_prefix,
+        ttl_seconds=settings.presence_ttl_seconds,
+    )
+
+
 def server_from_settings(
-    settings: Settings, *, backplane: Backplane, host: str | None = None, port: int | None = None
+    settings: Settings,
+    *,
+    backplane: Backplane,
+    host: str | None = None,
+    port: int | None = None,
+    node_id: str | None = None,
 ) -> EventServiceServer:
     """Build an event service configured by ``settings``, authorizing from the chat database."""
     return EventServiceServer(
@@ -47,6 +76,7 @@ def server_from_settings(
         history_size=settings.history_size,
         ping_interval=settings.ping_interval_seconds,
         ping_timeout=settings.ping_timeout_seconds,
+        cluster=cluster_presence_from_settings(settings, node_id),
     )
 
 
@@ -68,7 +98,7 @@ async def embedded_event_service() -> AsyncIterator[EventServiceServer | None]:
         yield None
         return
     global _server
-    server = server_from_settings(settings, backplane=_backplane)
+    server = server_from_settings(settings, backplane=get_backplane())
     try:
         await server.start()
     except OSError as exc:

@@ -102,6 +102,11 @@ class PresenceTracker(Generic[ConnectionId]):
         """Return the users present on ``context``, in join order."""
         return list(self._contexts.get(context, {}))
 
+    def connections(self, context: str, user_id: str) -> frozenset[ConnectionId]:
+        """Return the connections of ``user_id`` that hold ``context``."""
+        entry = self._contexts.get(context, {}).get(user_id)
+        return frozenset() if entry is None else frozenset(entry.connections)
+
     def is_present(self, context: str, user_id: str) -> bool:
         """Tell whether ``user_id`` is listed on ``context``, grace period included."""
         return user_id in self._contexts.get(context, {})

@@ -34,6 +34,7 @@ class ErrorCode(str, enum.Enum):
     FORBIDDEN = "forbidden"
     INVALID_TOKEN = "invalid_token"
     RATE_LIMITED = "rate_limited"
+    UNAVAILABLE = "unavailable"
 
 
 class CloseCode(enum.IntEnum):

@@ -23,7 +23,7 @@ import itertools
 import logging
 import urllib.parse
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
@@ -41,7 +41,8 @@ from kilo_web.event_service.control import (
 )
 from kilo_web.event_service.history import ContextStream
 from kilo_web.event_service.limits import TokenBucket
-from kilo_web.event_service.presence import STATE, PresenceDiff, PresenceTracker
+from kilo_web.event_service.cluster_presence import ClusterPresence
+from kilo_web.event_service.presence import JOIN, LEAVE, STATE, PresenceDiff, PresenceTracker
 from kilo_web.event_service.refcount import SubscriptionTable
 from kilo_web.event_service.tokens import InvalidToken, TokenClaims, decode_token
 
@@ -122,6 +123,7 @@ class EventServiceServer:
         ping_timeout: float | None = 20.0,
         close_timeout: float = 5.0,
         frame_observer: FrameObserver | None = None,
+        cluster: ClusterPresence | None = None,
     ) -> None:
         self._secret = secret
         self._authorizer = authorizer
@@ -138,6 +140,10 @@ class EventServiceServer:
         self._ping_timeout = ping_timeout
         self._close_timeout = close_timeout
         self._frame_observer = frame_observer
+        self._cluster = cluster
+        # Presence entries this node wrote to Redis: (context, user) -> connection ids.
+        self._cluster_entries: dict[tuple[str, str], set[int]] = {}
+        self._heartbeat: asyncio.Task[None] | None = None
 
         self._table: SubscriptionTable[int] = SubscriptionTable()
         self._presence: PresenceTracker[int] = PresenceTracker(grace_seconds=presence_grace_seconds)
@@ -152,7 +158,9 @@ class EventServiceServer:
         self._ids = itertools.count(1)
         self._server: Server | None = None
         self._remove_receiver: Callable[[], None] | None = None
-        self._control_tasks: set[asyncio.Task[int]] = set()
+        # Background tasks (revocations, unwatches), kept so they are not collected mid-run.
+        self._control_tasks: set[asyncio.Future[Any]] = set()
+        self._watches: dict[str, asyncio.Future[None]] = {}
 
     # Life cycle -------------------------------------------------------------
 
@@ -162,6 +170,9 @@ class EventServiceServer:
             return
         self._remove_receiver = self.backplane.add_receiver(self._deliver)
         await self.backplane.watch(CONTROL_CONTEXT)
+        if self._cluster is not None:
+            await self._publish_cluster_leaves(await self._cluster.clear_node())
+            self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
         self._server = await serve(
             self._handle,
             self._host,
@@ -183,6 +194,16 @@ class EventServiceServer:
         server, self._server = self._server, None
         server.close(close_connections=True)
         await server.wait_closed()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
+        if self._cluster is not None:
+            # Leave at once instead of after the time to live.
+            try:
+                await self._publish_cluster_leaves(await self._cluster.clear_node())
+            except Exception:
+                logger.exception("clearing this node's presence entries failed")
+            self._cluster_entries.clear()
         if self._remove_receiver is not None:
             self._remove_receiver()
             self._remove_receiver = None
@@ -228,6 +249,11 @@ class EventServiceServer:
         """Number an event from the backplane and send it to the context's holders."""
         if context == CONTROL_CONTEXT:
             self._control(event, data)
+            return
+        if self._cluster is not None and event in (JOIN, LEAVE) and is_presence_context(context):
+            user_id = data.get("userId")
+            if isinstance(user_id, str):
+                self._publish_presence(PresenceDiff(context, event, user_id))
             return
         stream = self._streams.get(context)
         if stream is None:
@@ -477,9 +503,28 @@ class EventServiceServer:
             # later shows up only after this connection subscribes again.
             session.visible = await self._authorizer.visible_users(session.user_id)
 
-        to_watch = [c for c in frame.contexts if self._open_stream(c)]
-        for context in to_watch:
-            await self.backplane.watch(context)
+        for context in frame.contexts:
+            if self._open_stream(context):
+                self._start_watch(context)
+        # A context whose watch is still in flight (started by this frame or by
+        # another connection's) is not acknowledged before the backplane is ready.
+        watches = [self._watches[c] for c in frame.contexts if c in self._watches]
+        if watches:
+            results = await asyncio.gather(*(asyncio.shield(w) for w in watches),
+                                           return_exceptions=True)
+            failures = [r for r in results if isinstance(r, BaseException)]
+            if failures:
+                session.log.warning("subscribe failed, the backplane is unavailable: %s",
+                                    failures[0])
+                self._write(session, protocol.Error(
+                    code=protocol.ErrorCode.UNAVAILABLE.value,
+                    message=(
+                        "the event service cannot reach its backplane right now; nothing in "
+                        "this frame was subscribed, so send it again in a few seconds"
+                    ),
+                    frame_type=frame.type,
+                ))
+                return
         if session.id not in self._sessions:
             return  # The connection closed while the backplane was busy.
 
@@ -519,6 +564,22 @@ class EventServiceServer:
         self._streams[context] = ContextStream(self._history_size)
         return True
 
+    def _start_watch(self, context: str) -> None:
+        """Start watching ``context`` on the backplane; forget its stream if that fails."""
+        task = asyncio.ensure_future(self.backplane.watch(context))
+        self._watches[context] = task
+
+        def done(task: asyncio.Future[None]) -> None:
+            if self._watches.get(context) is task:
+                del self._watches[context]
+            if task.cancelled() or task.exception() is not None:
+                logger.warning("watching %s on the backplane failed: %s", context,
+                               "cancelled" if task.cancelled() else task.exception())
+                if not self._table.holders(context):
+                    self._streams.pop(context, None)
+
+        task.add_done_callback(done)
+
     def _unsubscribe(self, session: _Session, frame: protocol.Unsubscribe) -> None:
         held = [c for c in frame.contexts if c in self._table.contexts_of(session.id)]
         stopped = self._table.unsubscribe(session.id, frame.contexts)
@@ -531,6 +592,15 @@ class EventServiceServer:
         for context in released:
             if is_presence_context(context):
                 self._presence.untrack(context, session.id, session.user_id, now=loop.time())
+                if self._cluster is not None and self._presence.connections(
+                    context, session.user_id
+                ):
+                    # The user stays through other connections here; only the
+                    # last one's entry waits for the grace period.
+                    self._cluster_entries.get((context, session.user_id), set()).discard(
+                        session.id
+                    )
+                    self._spawn(self._cluster_remove(context, session.user_id, [session.id]))
         self._arm_leave_timer()
         for context in stopped:
             # Keep the stream (and its history) a while, so a client that comes
@@ -544,12 +614,24 @@ class EventServiceServer:
         if self._table.holders(context):
             return
         self._streams.pop(context, None)
-        asyncio.ensure_future(self.backplane.unwatch(context))
+        task = asyncio.ensure_future(self._unwatch(context))
+        self._control_tasks.add(task)
+        task.add_done_callback(self._control_tasks.discard)
+
+    async def _unwatch(self, context: str) -> None:
+        try:
+            await self.backplane.unwatch(context)
+        except Exception:
+            logger.exception("unwatching %s on the backplane failed", context)
 
     # Presence ---------------------------------------------------------------
 
     def _track_presence(self, session: _Session, context: str) -> None:
         diff = self._presence.track(context, session.id, session.user_id)
+        if self._cluster is not None:
+            self._cluster_entries.setdefault((context, session.user_id), set()).add(session.id)
+            self._spawn(self._cluster_track(session, context))
+            return
         if diff is not None:
             self._publish_presence(diff)
         stream = self._streams[context]
@@ -591,8 +673,78 @@ class EventServiceServer:
         self._leave_timer = None
         now = asyncio.get_running_loop().time()
         for diff in self._presence.expire(now=now):
-            self._publish_presence(diff)
+            if self._cluster is None:
+                self._publish_presence(diff)
+                continue
+            entries = self._cluster_entries.pop((diff.context, diff.user_id), set())
+            self._spawn(self._cluster_remove(diff.context, diff.user_id, list(entries)))
         self._arm_leave_timer()
+
+    # Presence across nodes (with a ClusterPresence) -------------------------
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._control_tasks.add(task)
+        task.add_done_callback(self._control_tasks.discard)
+
+    async def _cluster_track(self, session: _Session, context: str) -> None:
+        """Write the connection's entry, announce a cluster-wide join, send the state."""
+        assert self._cluster is not None
+        key = (context, session.user_id)
+        # The state is numbered with the stream position before Redis is read:
+        # every diff numbered up to it changed Redis before the read, and the
+        # client applies the later ones on top, where they change nothing twice.
+        position = self._streams[context].seq
+        try:
+            if await self._cluster.join(context, session.user_id, session.id):
+                await self.backplane.publish(context, JOIN, {"userId": session.user_id})
+            # Entries of connections that closed during a grace period the user
+            # came back within; removed after the join, so no leave is announced.
+            stale = self._cluster_entries.get(key, set()) - self._presence.connections(*key)
+            if stale:
+                self._cluster_entries[key] -= stale
+                await self._cluster.remove(context, session.user_id, list(stale))
+            present = await self._cluster.users(context)
+        except Exception:
+            session.log.exception("presence on %s failed in Redis; sending this node's view",
+                                  context)
+            present = self._presence.users(context)
+        stream = self._streams.get(context)
+        if stream is None or context not in self._table.contexts_of(session.id):
+            return  # Unsubscribed while Redis answered.
+        users = [{"userId": u} for u in present if self._may_see(session, context, u)]
+        self._write(session, protocol.encode_event(context, STATE, {"users": users}, position))
+
+    async def _cluster_remove(self, context: str, user_id: str, connection_ids: list[int]) -> None:
+        """Remove entries; announce the leave if the user is now present on no node."""
+        assert self._cluster is not None
+        try:
+            if await self._cluster.remove(context, user_id, connection_ids):
+                await self.backplane.publish(context, LEAVE, {"userId": user_id})
+        except Exception:
+            # The entries expire after the time to live, and a sweep announces the leave.
+            logger.exception("removing presence of user %s on %s failed", user_id, context)
+
+    async def _publish_cluster_leaves(self, gone: Iterable[tuple[str, str]]) -> None:
+        for context, user_id in gone:
+            await self.backplane.publish(context, LEAVE, {"userId": user_id})
+
+    async def _beat(self) -> None:
+        """Refresh this node's entries and sweep expired ones, every third of the TTL."""
+        assert self._cluster is not None
+        interval = self._cluster.ttl_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                entries = {key: list(ids) for key, ids in self._cluster_entries.items() if ids}
+                await self._cluster.refresh(entries)
+                for context in [c for c in self._streams if is_presence_context(c)]:
+                    for user_id in await self._cluster.sweep(context):
+                        logger.info("user %s left %s: their entries expired", user_id, context)
+                        await self.backplane.publish(context, LEAVE, {"userId": user_id})
+            except Exception:
+                logger.exception("presence heartbeat of node %s failed; retrying in %.1f s",
+                                 self._cluster.node_id, interval)
 
 
 async def run_server(server: EventServiceServer) -> None:

@@ -95,7 +95,7 @@ class _AppShell:
         self.app = app
         self.resolve_user_id = resolve_user_id
         self.registry = TabConnectionRegistry(
-            url=settings.event_service_url,
+            url=settings.event_service_urls,
             jwt_secret=settings.jwt_secret,
             deliver=self.deliver,
             grace_seconds=settings.tab_grace_seconds,

@@ -271,7 +271,7 @@ class TabConnectionRegistry:
     def __init__(
         self,
         *,
-        url: str,
+        url: str | list[str],
         jwt_secret: str,
         deliver: Deliver,
         grace_seconds: float = 10.0,

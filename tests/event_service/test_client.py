@@ -230,7 +230,7 @@ async def test_calls_while_disconnected_reach_server(server, make_client, frame_
     old = frame_log.last_connection()
     await server.start()
     # The server restarted on another port; point the client at it.
-    client.url = server.url
+    client.urls = [server.url]
     await client.wait_connected(timeout=5)
     await eventually(lambda: Y in server.contexts(), message="Y held")
     assert frame_log.subscribed(after=old) == [(Y,)]
