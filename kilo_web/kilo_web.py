@@ -9,6 +9,7 @@ import reflex_local_auth
 
 from kilo_web.accounts.pages import login_page, register_page
 from kilo_web.accounts.state import current_profile_id
+from kilo_web.bots.embedded import embedded_demo_bot
 from kilo_web.chat.api import create_api
 from kilo_web.chat.tokens import token_for
 from kilo_web.event_service.embedded import embedded_event_service
@@ -24,7 +25,9 @@ def _configure_logging() -> None:
     package_logger.setLevel(get_settings().log_level)
     if not package_logger.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
+        ))
         package_logger.addHandler(handler)
 
 
@@ -45,6 +48,8 @@ app = rx.App(
 # The event service starts before the shell's tabs connect to it.
 app.register_lifespan_task(embedded_event_service)
 app.register_lifespan_task(notifications_lifespan)
+# Registered after the event service, so it stops before the service closes.
+app.register_lifespan_task(embedded_demo_bot)
 install_app_shell(
     app,
     resolve_user_id=current_profile_id,

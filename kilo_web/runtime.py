@@ -13,7 +13,12 @@ from collections.abc import AsyncIterator
 import reflex as rx
 
 from kilo_web.event_service.contexts import kiloclaw_conversation_presence_context
-from kilo_web.event_service.embedded import get_backplane, get_embedded_server
+from kilo_web.event_service.cluster_presence import ClusterPresence
+from kilo_web.event_service.embedded import (
+    cluster_presence_from_settings,
+    get_backplane,
+    get_embedded_server,
+)
 from kilo_web.notifications.service import NotificationService
 from kilo_web.notifications.vapid import application_server_key, load_vapid_key
 from kilo_web.settings import get_settings
@@ -24,14 +29,24 @@ async def conversation_viewers(instance_id: str, conversation_id: str) -> set[in
 
     Conversation presence is held only while the page is visible. A user
     who just hid the page still counts during the presence grace period.
+    With Redis the presence of every node counts, else that of the
+    embedded event service.
     """
-    server = get_embedded_server()
-    if server is None:
-        # TODO: with a separate event-service process, presence is not
-        # readable here yet, so every member counts as away.
-        return set()
     context = kiloclaw_conversation_presence_context(instance_id, conversation_id)
-    return {int(user) for user in server.present_users(context) if user.isdigit()}
+    cluster = _presence_reader()
+    if cluster is not None:
+        users = await cluster.users(context)
+    else:
+        server = get_embedded_server()
+        users = server.present_users(context) if server is not None else []
+    return {int(user) for user in users if user.isdigit()}
+
+
+@functools.cache
+def _presence_reader() -> ClusterPresence | None:
+    """Return a reader of the presence that the nodes keep in Redis, when Redis is set."""
+    # The node id names entries this process would write; a reader writes none.
+    return cluster_presence_from_settings(get_settings(), node_id="app-reader")
 
 
 @functools.cache

@@ -105,8 +105,10 @@ class LoginState(reflex_local_auth.LoginState):
             user_id = user.id
 
         self._login(user_id)
-        # The base state's redir stores the page the user was sent away from.
-        return reflex_local_auth.LoginState.redir()
+        # Redirect here rather than through the base state's redir, which
+        # compares the path with "/login" and so never leaves "/login/", the
+        # path a production build serves the page under.
+        return rx.redirect(self.redirect_to or "/")
 
 
 async def current_profile_id(state: rx.State) -> int | None:

@@ -158,6 +158,7 @@ def _endpoint(handler: Endpoint) -> Endpoint:
     @functools.wraps(handler)
     async def endpoint(request: Request) -> JSONResponse:
         try:
+            _reject_nul_in_url(request)
             return await handler(request)
         except ApiError as exc:
             error = exc
@@ -213,6 +214,33 @@ def _device_json(device: DeviceView) -> dict[str, Any]:
     return body
 
 
+def _reject_nul_in_url(request: Request) -> None:
+    """Reject a NUL character in the path or query, which no stored value holds."""
+    for name, value in [*request.path_params.items(), *request.query_params.multi_items()]:
+        if isinstance(value, str) and "\x00" in value:
+            raise ApiError(400, "invalid_parameter",
+                           f"parameter {name} contains a NUL character; remove it")
+
+
+def _find_nul(value: Any, path: str) -> str | None:
+    """Return the path of the first string in ``value`` that holds a NUL character."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = ((f"[{i}]", item) for i, item in enumerate(value))
+    else:
+        return None
+    for key, item in items:
+        if "\x00" in str(key):
+            return f"{path} key {key!r}"
+        found = _find_nul(item, f"{path}.{key}" if isinstance(value, dict) else path + key)
+        if found is not None:
+            return found
+    return None
+
+
 async def _json_object(request: Request) -> dict[str, Any]:
     try:
         body = await request.json()
@@ -220,6 +248,10 @@ async def _json_object(request: Request) -> dict[str, Any]:
         raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_body", "the request body must be a JSON object")
+    # Neither PostgreSQL's text nor its JSON can store NUL, on any field.
+    found = _find_nul(body, "body")
+    if found is not None:
+        raise ApiError(400, "invalid_body", f"{found} contains a NUL character; remove it")
     return body
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
@@ -22,6 +24,29 @@ logger = logging.getLogger(__name__)
 
 ALEMBIC_INI = PROJECT_DIR / "alembic.ini"
 ALEMBIC_DIR = PROJECT_DIR / "alembic"
+
+
+@sa.event.listens_for(sa.pool.Pool, "connect")
+def _remember_owner(dbapi_connection: Any, record: Any) -> None:
+    """Note which process opened a pooled connection."""
+    record.info["pid"] = os.getpid()
+
+
+@sa.event.listens_for(sa.pool.Pool, "checkout")
+def _refuse_inherited(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """Make the pool reconnect instead of using a connection its parent process opened.
+
+    Production servers load the app once and fork their workers, so a worker
+    inherits the parent's pooled sockets. Two processes on one database
+    socket corrupt each other's replies, so the pool drops such a connection
+    and opens one of its own.
+    """
+    owner = record.info.get("pid")
+    if owner is not None and owner != os.getpid():
+        record.dbapi_connection = proxy.dbapi_connection = None
+        raise sa.exc.DisconnectionError(
+            f"connection opened by process {owner}, used in process {os.getpid()}"
+        )
 
 
 def _ensure_sqlite_folder(database_url: str) -> None:

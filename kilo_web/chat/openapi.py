@@ -64,7 +64,9 @@ def _operation(
     responses: dict[str, Any] = {
         str(status): _json(schema, text) for status, (schema, text) in ok.items()
     }
-    for status in (*errors, *(() if public else (401,))):
+    # Any request may be malformed (a NUL in a parameter, say), and any but
+    # this document's needs credentials.
+    for status in sorted({*errors, *(() if public else (400, 401))}):
         responses[str(status)] = {"$ref": f"#/components/responses/Error{status}"}
     operation: dict[str, Any] = {"summary": summary, "responses": dict(sorted(responses.items()))}
     if parameters:

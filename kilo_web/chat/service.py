@@ -156,6 +156,8 @@ def get_user(session: Session, user_id: int) -> UserProfile:
 
 def find_user_by_username(session: Session, username: str) -> UserProfile | None:
     """Return the profile of the account named ``username`` (case-sensitive), or None."""
+    if "\x00" in username:
+        return None  # No username holds NUL, and PostgreSQL rejects it in a query.
     statement = (
         select(UserProfile)
         .join(LocalUser, LocalUser.id == UserProfile.local_user_id)
@@ -166,6 +168,9 @@ def find_user_by_username(session: Session, username: str) -> UserProfile | None
 
 def get_instance(session: Session, instance_id: str) -> Instance:
     """Return the instance with id ``instance_id`` or raise InstanceNotFoundError."""
+    # No stored id breaks the pattern, so such a value is not sent to the database.
+    if not isinstance(instance_id, str) or not _ID_PATTERN.fullmatch(instance_id):
+        raise InstanceNotFoundError(f"instance {instance_id!r} not found")
     instance = session.get(Instance, instance_id)
     if instance is None:
         raise InstanceNotFoundError(f"instance {instance_id!r} not found")
@@ -174,6 +179,8 @@ def get_instance(session: Session, instance_id: str) -> Instance:
 
 def get_conversation(session: Session, conversation_id: str) -> Conversation:
     """Return the conversation with id ``conversation_id`` or raise ConversationNotFoundError."""
+    if not isinstance(conversation_id, str) or not _ID_PATTERN.fullmatch(conversation_id):
+        raise ConversationNotFoundError(f"conversation {conversation_id!r} not found")
     conversation = session.get(Conversation, conversation_id)
     if conversation is None:
         raise ConversationNotFoundError(f"conversation {conversation_id!r} not found")

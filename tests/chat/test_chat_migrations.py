@@ -1,4 +1,4 @@
-"""The Alembic migrations on a SQLite file."""
+"""The Alembic migrations on the test database (SQLite, or PostgreSQL when asked)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from kilo_web.chat.database import (
     make_engine,
     upgrade_database,
 )
+from tests.conftest import sqlite_only
 
 
 def _head_revision(url: str) -> str:
@@ -85,8 +86,9 @@ def test_server_defaults_apply_to_raw_inserts(engine):
         connection.execute(
             sa.text(
                 "INSERT INTO localuser (id, username, password_hash, enabled) "
-                "VALUES (1, 'raw', x'00', 1)"
-            )
+                "VALUES (1, 'raw', :hash, :enabled)"
+            ),
+            {"hash": b"\x00", "enabled": True},
         )
         connection.execute(
             sa.text(
@@ -113,6 +115,7 @@ def test_server_defaults_apply_to_raw_inserts(engine):
     assert last_seq == 0
 
 
+@sqlite_only
 def test_naive_sqlite_timestamps_read_as_utc(session, engine):
     from kilo_web.chat.models import UserProfile
 
@@ -137,6 +140,7 @@ def test_naive_sqlite_timestamps_read_as_utc(session, engine):
     )
 
 
+@sqlite_only
 def test_foreign_keys_are_enforced(engine):
     with engine.connect() as connection:
         enabled = connection.execute(sa.text("PRAGMA foreign_keys")).scalar()
