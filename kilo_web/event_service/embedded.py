@@ -95,6 +95,10 @@ async def embedded_event_service() -> AsyncIterator[EventServiceServer | None]:
     if not settings.embed_event_service:
         logger.info("KILO_EMBED_EVENT_SERVICE=0: expecting the event service at %s",
                     settings.event_service_url)
+        if not settings.redis_url:
+            logger.warning("KILO_EMBED_EVENT_SERVICE=0 without KILO_REDIS_URL: this process "
+                           "publishes to no event-service node, so nobody sees new messages "
+                           "live; set KILO_REDIS_URL on the app and on the nodes")
         yield None
         return
     global _server
