@@ -48,6 +48,9 @@ KILO_PRESENCE_TTL_SECONDS      With Redis, how long a node's presence entries
                                every third of it. Default 15.
 KILO_MAX_FRAME_BYTES           Largest WebSocket frame the event service
                                accepts. Default 65536.
+KILO_MAX_BUFFERED_BYTES        Bytes of events that may wait to be sent to one
+                               connection; a client that falls further behind
+                               is closed with code 4008. Default 1048576.
 KILO_PRESENCE_GRACE_SECONDS    How long a user who lost their last connection
                                to a presence context stays listed, so a
                                reload shows no leave. Default 5.
@@ -256,6 +259,7 @@ class Settings:
     node_id: str = ""
     presence_ttl_seconds: float = 15.0
     max_frame_bytes: int = 65536
+    max_buffered_bytes: int = 1 << 20
     presence_grace_seconds: float = 5.0
     ping_interval_seconds: float = 20.0
     ping_timeout_seconds: float = 20.0
@@ -347,6 +351,7 @@ class Settings:
             node_id=_env_str("KILO_NODE_ID", f"{host}:{port}"),
             presence_ttl_seconds=_env_float("KILO_PRESENCE_TTL_SECONDS", 15.0, minimum=1.0),
             max_frame_bytes=_env_int("KILO_MAX_FRAME_BYTES", 65536, minimum=1024),
+            max_buffered_bytes=_env_int("KILO_MAX_BUFFERED_BYTES", 1 << 20, minimum=65536),
             presence_grace_seconds=_env_float("KILO_PRESENCE_GRACE_SECONDS", 5.0),
             ping_interval_seconds=_env_float("KILO_PING_INTERVAL_SECONDS", 20.0, minimum=0.1),
             ping_timeout_seconds=_env_float("KILO_PING_TIMEOUT_SECONDS", 20.0, minimum=0.1),

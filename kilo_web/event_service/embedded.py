@@ -77,6 +77,7 @@ def server_from_settings(
         ping_interval=settings.ping_interval_seconds,
         ping_timeout=settings.ping_timeout_seconds,
         cluster=cluster_presence_from_settings(settings, node_id),
+        max_buffered_bytes=settings.max_buffered_bytes,
     )
 
 

@@ -48,6 +48,7 @@ class CloseCode(enum.IntEnum):
     SERVICE_RESTART = 1012
     TOKEN_EXPIRED = 4001
     TOKEN_REVOKED = 4003
+    TOO_SLOW = 4008
 
 
 class ProtocolError(ValueError):

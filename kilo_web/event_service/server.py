@@ -23,7 +23,7 @@ import itertools
 import logging
 import urllib.parse
 import weakref
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
@@ -76,7 +76,9 @@ class _SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 class _Session:
     """One authenticated connection and what the server tracks for it."""
 
-    __slots__ = ("connection", "id", "claims", "log", "bucket", "expiry", "visible", "limited_at")
+    __slots__ = (
+        "connection", "id", "claims", "log", "bucket", "expiry", "visible", "limited_at", "slow",
+    )
 
     def __init__(
         self, session_id: int, connection: ServerConnection, claims: TokenClaims, bucket: TokenBucket
@@ -89,6 +91,8 @@ class _Session:
         self.visible: frozenset[str] = frozenset()
         """Users this connection may see on the platform presence tier."""
         self.limited_at = float("-inf")
+        self.slow = False
+        """Set once the connection fell too far behind; nothing more is sent to it."""
         self.log = _SessionLog(logger, {"connection_id": session_id, "user_id": claims.user_id})
 
     @property
@@ -124,6 +128,7 @@ class EventServiceServer:
         close_timeout: float = 5.0,
         frame_observer: FrameObserver | None = None,
         cluster: ClusterPresence | None = None,
+        max_buffered_bytes: int = 1 << 20,
     ) -> None:
         self._secret = secret
         self._authorizer = authorizer
@@ -141,6 +146,7 @@ class EventServiceServer:
         self._close_timeout = close_timeout
         self._frame_observer = frame_observer
         self._cluster = cluster
+        self._max_buffered = max_buffered_bytes
         # Presence entries this node wrote to Redis: (context, user) -> connection ids.
         self._cluster_entries: dict[tuple[str, str], set[int]] = {}
         self._heartbeat: asyncio.Task[None] | None = None
@@ -261,9 +267,7 @@ class EventServiceServer:
         _, frame = stream.append(lambda seq: protocol.encode_event(context, event, data, seq))
         holders = self._table.holders(context)
         if holders:
-            # NOTE: broadcast() applies no backpressure; a client that reads slower
-            # than events arrive buffers them until the ping timeout drops it.
-            broadcast((self._sessions[i].connection for i in holders), frame)
+            broadcast(self._sendable(self._sessions[i] for i in holders), frame)
 
     def _control(self, event: str, data: dict[str, Any]) -> None:
         """Act on a command from the application (see ``control``)."""
@@ -445,7 +449,39 @@ class EventServiceServer:
     def _write(self, session: _Session, frame: protocol.ServerFrame | str) -> None:
         """Queue a frame on the connection without awaiting, keeping frame order."""
         text = frame if isinstance(frame, str) else protocol.encode(frame)
-        broadcast([session.connection], text)
+        broadcast(self._sendable([session]), text)
+
+    async def _close_slow(self, session: _Session) -> None:
+        """Close a connection that fell behind, aborting it if the close frame cannot get out."""
+        transport = session.connection.transport
+        # The close frame waits behind the unsent events, and a client that
+        # reads nothing never takes it: drop the TCP connection after the timeout.
+        abort = asyncio.get_running_loop().call_later(self._close_timeout, transport.abort)
+        try:
+            await session.connection.close(protocol.CloseCode.TOO_SLOW,
+                                           "too slow: the client stopped reading")
+        finally:
+            abort.cancel()
+
+    def _sendable(self, sessions: Iterable[_Session]) -> Iterator[ServerConnection]:
+        """Yield the connections of ``sessions`` that keep up; close those that do not.
+
+        ``broadcast`` applies no backpressure: frames for a client that stops
+        reading pile up in its write buffer. Past ``max_buffered_bytes`` the
+        client is closed with 4008, so one slow reader costs bounded memory
+        and never slows the others.
+        """
+        for session in sessions:
+            if session.slow:
+                continue
+            transport = session.connection.transport
+            if transport is not None and transport.get_write_buffer_size() > self._max_buffered:
+                session.slow = True
+                session.log.warning("closing: %d bytes wait to be sent, above the limit of %d",
+                                    transport.get_write_buffer_size(), self._max_buffered)
+                self._spawn(self._close_slow(session))
+                continue
+            yield session.connection
 
     # Frames -----------------------------------------------------------------
 
@@ -658,7 +694,7 @@ class EventServiceServer:
             self._sessions[i] for i in self._table.holders(diff.context)
             if self._may_see(self._sessions[i], diff.context, diff.user_id)
         ]
-        broadcast((viewer.connection for viewer in viewers), frame)
+        broadcast(self._sendable(viewers), frame)
 
     def _arm_leave_timer(self) -> None:
         deadline = self._presence.next_deadline()
