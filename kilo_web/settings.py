@@ -61,6 +61,11 @@ KILO_PING_TIMEOUT_SECONDS      How long a ping may go unanswered before the
 KILO_MAX_FRAMES_PER_SECOND     Client frames one connection may send per
                                second on average (bursts of 4 times more).
                                Default 50.
+KILO_MESSAGES_PER_MINUTE       Messages one user may post a minute on average,
+                               over HTTP and from the web UI (each worker
+                               counts on its own). Default 60.
+KILO_MESSAGE_BURST             Messages one user may post in a quick burst
+                               before that average applies. Default 20.
 KILO_HISTORY_SIZE              Events kept per context for clients that
                                reconnect and ask for what they missed.
                                Default 500.
@@ -265,6 +270,8 @@ class Settings:
     ping_timeout_seconds: float = 20.0
     max_frames_per_second: float = 50.0
     history_size: int = 500
+    messages_per_minute: float = 60.0
+    message_burst: int = 20
     reconnect_min_seconds: float = 0.5
     reconnect_max_seconds: float = 30.0
     tab_grace_seconds: float = 10.0
@@ -357,6 +364,8 @@ class Settings:
             ping_timeout_seconds=_env_float("KILO_PING_TIMEOUT_SECONDS", 20.0, minimum=0.1),
             max_frames_per_second=_env_float("KILO_MAX_FRAMES_PER_SECOND", 50.0, minimum=1.0),
             history_size=_env_int("KILO_HISTORY_SIZE", 500, minimum=0),
+            messages_per_minute=_env_float("KILO_MESSAGES_PER_MINUTE", 60.0, minimum=0.1),
+            message_burst=_env_int("KILO_MESSAGE_BURST", 20, minimum=1),
             reconnect_min_seconds=_env_float("KILO_RECONNECT_MIN_SECONDS", 0.5, minimum=0.01),
             reconnect_max_seconds=_env_float("KILO_RECONNECT_MAX_SECONDS", 30.0, minimum=0.01),
             tab_grace_seconds=_env_float("KILO_TAB_GRACE_SECONDS", 10.0),

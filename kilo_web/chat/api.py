@@ -19,6 +19,7 @@ import dataclasses
 import datetime as dt
 import functools
 import logging
+import math
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -44,7 +45,9 @@ from kilo_web.chat.errors import (
     NotAllowedError,
     NotAMemberError,
     NotFoundError,
+    RateLimitedError,
 )
+from kilo_web.chat.limits import SendLimiter
 from kilo_web.event_service.control import announce_revocation
 from kilo_web.chat.service import MessageView
 from kilo_web.event_service.embedded import get_backplane
@@ -65,15 +68,20 @@ logger = logging.getLogger(__name__)
 class ApiError(Exception):
     """Raised by a handler to return an error status and code."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = dict(headers or {})
 
     def response(self) -> JSONResponse:
         """Return the error as a JSON response."""
-        headers = {"WWW-Authenticate": 'Bearer realm="kilo_web"'} if self.status == 401 else None
+        headers = dict(self.headers)
+        if self.status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="kilo_web"'
         return JSONResponse(
             {"error": {"code": self.code, "message": self.message}},
             status_code=self.status,
@@ -386,6 +394,7 @@ async def post_conversation_message(request: Request) -> JSONResponse:
                        f"'clientMessageId' must be a string, got {client_message_id!r}")
     with _session(request) as session:
         user_id = authenticate(session, request)
+        request.app.state.send_limiter.check(user_id)
         view = await service.post_message(
             session,
             conversation_id=conversation_id,
@@ -624,6 +633,9 @@ def _chat_error(exc: ChatError) -> ApiError:
         return ApiError(403, "forbidden", str(exc))
     if isinstance(exc, AlreadyExistsError):
         return ApiError(409, "conflict", str(exc))
+    if isinstance(exc, RateLimitedError):
+        return ApiError(429, "rate_limited", str(exc),
+                        headers={"Retry-After": str(math.ceil(exc.retry_after))})
     return ApiError(400, "invalid_input", str(exc))
 
 
@@ -656,6 +668,7 @@ def create_api(
     *,
     after_publish: Callable[[MessageView], None] | None = None,
     on_unread_changed: Callable[[Any], Awaitable[None]] | None = None,
+    send_limiter: SendLimiter | None = None,
 ) -> Starlette:
     """Build the Starlette app that Reflex mounts its own routes under."""
     api = Starlette(routes=[
@@ -692,4 +705,5 @@ def create_api(
     api.state.after_publish = after_publish
     api.state.on_unread_changed = on_unread_changed
     api.state.settings = settings or get_settings()
+    api.state.send_limiter = send_limiter or SendLimiter.from_settings(api.state.settings)
     return api

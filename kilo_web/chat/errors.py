@@ -90,3 +90,14 @@ class NotAllowedError(ChatError, PermissionError):
 
 class InvalidApiKeyError(ChatError):
     """Raised when an API key is malformed, unknown or revoked."""
+
+
+# Limits
+
+
+class RateLimitedError(ChatError):
+    """Raised when a user sends faster than the limit; ``retry_after`` is in seconds."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

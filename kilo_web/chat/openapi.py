@@ -28,6 +28,7 @@ _ERROR_TEXT = {
     403: "The caller may not do this (not a member, not the owner, or a bot).",
     404: "No such resource, or none the caller may see.",
     409: "A resource with the same unique name or id already exists.",
+    429: "Too many messages; the Retry-After header says when to send again.",
 }
 
 
@@ -345,7 +346,7 @@ def _paths() -> dict[str, Any]:
                     201: (message_body, "The message was stored and published."),
                     200: (message_body, "A repeat: the message stored first."),
                 },
-                errors=(400, 403, 404),
+                errors=(400, 403, 404, 429),
             ),
         },
         "/api/conversations/{conversation_id}/read": {"post": _operation(

@@ -1,4 +1,4 @@
-"""Rate limiting for event-service connections."""
+"""Token buckets for rate limits: event-service frames and chat messages."""
 
 from __future__ import annotations
 
@@ -28,3 +28,12 @@ class TokenBucket:
             self._tokens -= 1
             return True
         return False
+
+    def retry_after(self, *, now: float) -> float:
+        """Return the seconds until the next token, 0 if one is there now."""
+        tokens = min(self.burst, self._tokens + max(0.0, now - self._updated) * self.rate)
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+
+    def is_full(self, *, now: float) -> bool:
+        """Tell whether the bucket has refilled completely, so forgetting it changes nothing."""
+        return self._tokens + max(0.0, now - self._updated) * self.rate >= self.burst

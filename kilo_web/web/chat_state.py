@@ -29,7 +29,7 @@ from kilo_web.chat.read_state import UNREAD_CHANGED_EVENT
 from kilo_web.event_service.contexts import user_context
 from kilo_web.event_service.embedded import get_backplane
 from kilo_web.notifications.preview import message_preview
-from kilo_web.runtime import notification_service, webpush_public_key
+from kilo_web.runtime import notification_service, send_limiter, webpush_public_key
 from kilo_web.web.visibility import PageVisibilityState
 from kilo_web.event_service.client import RECOVERY_FAILED, SUBSCRIBED
 from kilo_web.event_service.presence import JOIN, LEAVE, STATE
@@ -401,6 +401,7 @@ class ChatState(reflex_local_auth.LocalAuthState):
         if not text.strip():
             return None
         try:
+            send_limiter().check(profile_id)
             with rx.session() as session:
                 view = await service.post_message(
                     session,

@@ -1,0 +1,63 @@
+"""Per-user limits on posting messages, over HTTP and from the web UI alike.
+
+Each user has a token bucket: ``per_minute`` messages a minute on average,
+with bursts of ``burst``. The buckets live in the process, so with several
+workers each worker counts on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+
+from kilo_web.chat.errors import RateLimitedError
+from kilo_web.event_service.limits import TokenBucket
+from kilo_web.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+PRUNE_ABOVE = 10_000
+"""Number of buckets above which full (idle) buckets are forgotten."""
+
+
+class SendLimiter:
+    """Decide whether a user may post one more message now."""
+
+    def __init__(
+        self, *, per_minute: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.per_minute = per_minute
+        self.burst = burst
+        self._rate = per_minute / 60.0
+        self._clock = clock
+        self._buckets: dict[int, TokenBucket] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SendLimiter:
+        """Build the limiter that KILO_MESSAGES_PER_MINUTE and KILO_MESSAGE_BURST describe."""
+        return cls(per_minute=settings.messages_per_minute, burst=settings.message_burst)
+
+    def check(self, user_id: int) -> None:
+        """Spend one message of ``user_id``'s allowance, or raise RateLimitedError."""
+        now = self._clock()
+        bucket = self._buckets.get(user_id)
+        if bucket is None:
+            if len(self._buckets) >= PRUNE_ABOVE:
+                self._prune(now)
+            bucket = self._buckets[user_id] = TokenBucket(self._rate, self.burst, now=now)
+        if bucket.take(now=now):
+            return
+        wait = bucket.retry_after(now=now)
+        logger.info("user %s is over the message rate limit; retry in %.1f s", user_id, wait)
+        raise RateLimitedError(
+            f"user {user_id} sent more than {self.per_minute:g} messages a minute; "
+            f"wait {math.ceil(wait)} s and send again",
+            retry_after=wait,
+        )
+
+    def _prune(self, now: float) -> None:
+        for user_id, bucket in list(self._buckets.items()):
+            if bucket.is_full(now=now):
+                del self._buckets[user_id]
