@@ -1,7 +1,9 @@
-"""Helpers shared by test folders: free loopback ports and a rule-based authorizer."""
+"""Helpers shared by test folders: free loopback ports, a rule-based authorizer and a
+proxy that cuts connections."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 
@@ -35,3 +37,69 @@ class RuleAuthorizer:
 
     async def visible_users(self, user_id: str) -> frozenset[str]:
         return frozenset(self.visibility.get(user_id, ()))
+
+
+class CuttingProxy:
+    """A loopback TCP proxy, run in the caller's event loop, that can cut every connection.
+
+    Clients connect to ``port``; each connection is relayed to
+    ``target_port``. ``cut()`` closes every relayed connection at once, as a
+    network drop would; new connections are accepted again right away.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.cuts = 0
+        self.accepted = 0
+        self._server: asyncio.Server | None = None
+        self._open: set[asyncio.StreamWriter] = set()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "start() the proxy first"
+        return self._server.sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(
+                "127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self._open.update((writer, upstream_writer))
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                sink.close()
+
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+        self._open.difference_update((writer, upstream_writer))
+
+    def cut(self) -> None:
+        """Drop every relayed connection without a closing handshake."""
+        self.cuts += 1
+        for writer in list(self._open):
+            transport = writer.transport
+            if transport is not None:
+                transport.abort()
+        self._open.clear()
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
