@@ -1,5 +1,7 @@
 """The event service, its wire protocol and the EventServiceClient SDK."""
 
+from kilo_web.event_service import redact
+
 from kilo_web.event_service.backplane import Backplane, InMemoryBackplane, Publisher
 from kilo_web.event_service.client import EventServiceClient
 from kilo_web.event_service.contexts import (
@@ -13,6 +15,8 @@ from kilo_web.event_service.contexts import (
 from kilo_web.event_service.protocol import Event
 from kilo_web.event_service.server import EventServiceServer
 from kilo_web.event_service.tokens import decode_token, issue_token, mint_token
+
+redact.install()
 
 __all__ = [
     "Backplane",
