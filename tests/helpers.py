@@ -51,6 +51,8 @@ class CuttingProxy:
         self.target_port = target_port
         self.cuts = 0
         self.accepted = 0
+        self.blocked = False
+        """While True, new connections are closed at once, as by a host that is down."""
         self._server: asyncio.Server | None = None
         self._open: set[asyncio.StreamWriter] = set()
 
@@ -61,12 +63,18 @@ class CuttingProxy:
 
     @property
     def url(self) -> str:
+        """The proxy as an event-service URL."""
         return f"ws://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.blocked:
+            transport = writer.transport
+            if transport is not None:
+                transport.abort()
+            return
         self.accepted += 1
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(
@@ -97,6 +105,14 @@ class CuttingProxy:
             if transport is not None:
                 transport.abort()
         self._open.clear()
+
+    def block(self) -> None:
+        """Cut every connection and refuse new ones until ``unblock()``."""
+        self.blocked = True
+        self.cut()
+
+    def unblock(self) -> None:
+        self.blocked = False
 
     async def close(self) -> None:
         self.cut()

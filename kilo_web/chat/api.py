@@ -24,6 +24,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import sqlalchemy as sa
 from reflex_local_auth.auth_session import LocalAuthSession
 from sqlmodel import Session, select
 from starlette.applications import Starlette
@@ -172,6 +173,15 @@ def _endpoint(handler: Endpoint) -> Endpoint:
             error = exc
         except ChatError as exc:
             error = _chat_error(exc)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError) as exc:
+            # The database is down or unreachable. Each write is one transaction,
+            # so nothing half-written stays behind, and the caller may retry.
+            logger.warning("%s %s failed, the database is unavailable: %s", request.method,
+                           request.url.path, exc.__class__.__name__)
+            return ApiError(503, "database_unavailable",
+                            "the database is unavailable right now; nothing was changed, so "
+                            "send the request again in a few seconds",
+                            headers={"Retry-After": "5"}).response()
         logger.info("%s %s rejected with %d %s: %s", request.method, request.url.path,
                     error.status, error.code, error.message)
         return error.response()

@@ -29,6 +29,7 @@ _ERROR_TEXT = {
     404: "No such resource, or none the caller may see.",
     409: "A resource with the same unique name or id already exists.",
     429: "Too many messages; the Retry-After header says when to send again.",
+    503: "The database is unavailable; nothing was changed, so send the request again.",
 }
 
 
@@ -65,9 +66,9 @@ def _operation(
     responses: dict[str, Any] = {
         str(status): _json(schema, text) for status, (schema, text) in ok.items()
     }
-    # Any request may be malformed (a NUL in a parameter, say), and any but
-    # this document's needs credentials.
-    for status in sorted({*errors, *(() if public else (400, 401))}):
+    # Any request may be malformed (a NUL in a parameter, say) or meet a
+    # database outage, and any but this document's needs credentials.
+    for status in sorted({*errors, *(() if public else (400, 401, 503))}):
         responses[str(status)] = {"$ref": f"#/components/responses/Error{status}"}
     operation: dict[str, Any] = {"summary": summary, "responses": dict(sorted(responses.items()))}
     if parameters:

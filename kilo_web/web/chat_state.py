@@ -12,6 +12,7 @@ import logging
 from typing import Any, TypedDict
 
 import reflex as rx
+import sqlalchemy as sa
 import reflex_local_auth
 
 from kilo_web.accounts.state import current_profile_id
@@ -414,6 +415,14 @@ class ChatState(reflex_local_auth.LocalAuthState):
         except ChatError as exc:
             self.error_message = str(exc)
             # Put the text back so nothing the user typed is lost.
+            return rx.set_value("composer", text)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError) as exc:
+            logger.warning("sending to conversation %s failed, the database is unavailable: %s",
+                           self.selected_conversation_id, exc.__class__.__name__)
+            self.error_message = (
+                "The message was not sent: the database is unavailable right now. "
+                "Your text is still in the box; send it again in a few seconds."
+            )
             return rx.set_value("composer", text)
         self.error_message = ""
         self.info_message = ""
