@@ -98,6 +98,10 @@ KILO_PUSH_IDEMPOTENCY_TTL_SECONDS
                                How long a (message, recipient) push record is
                                kept, and how long after a message a push for
                                it is still sent. Default 86400.
+KILO_PUSH_RECOVERY_SECONDS     At start, how far back to look for messages
+                               whose push dispatch died before it began (a
+                               crash right after the message was stored);
+                               they are dispatched then. Default 900.
 KILO_EXPO_API_URL              Base URL of Expo's push API. Default
                                ``https://exp.host/--/api/v2``.
 KILO_EXPO_ACCESS_TOKEN         Expo access token, sent when the Expo project
@@ -283,6 +287,7 @@ class Settings:
     push_max_attempts: int = 3
     push_retry_base_seconds: float = 1.0
     push_idempotency_ttl_seconds: int = 86400
+    push_recovery_seconds: int = 900
     expo_api_url: str = "https://exp.host/--/api/v2"
     expo_access_token: str = dataclasses.field(default="", repr=False)
     expo_receipt_delay_seconds: float = 900.0
@@ -379,6 +384,7 @@ class Settings:
             push_idempotency_ttl_seconds=_env_int(
                 "KILO_PUSH_IDEMPOTENCY_TTL_SECONDS", 86400, minimum=60
             ),
+            push_recovery_seconds=_env_int("KILO_PUSH_RECOVERY_SECONDS", 900, minimum=0),
             expo_api_url=_env_str("KILO_EXPO_API_URL", "https://exp.host/--/api/v2").rstrip("/"),
             expo_access_token=os.environ.get("KILO_EXPO_ACCESS_TOKEN", "").strip(),
             expo_receipt_delay_seconds=_env_float("KILO_EXPO_RECEIPT_DELAY_SECONDS", 900.0),

@@ -477,6 +477,32 @@ class PushDispatcher:
         return reports
 
 
+    async def dispatch_unclaimed(self, since: datetime.datetime) -> list[DispatchReport]:
+        """Dispatch the messages created after ``since`` that have no push record at all.
+
+        A process that dies after a message commits but before its dispatch
+        claims a first recipient leaves no record behind, so
+        ``resend_pending`` cannot see it. Dispatching such a message again
+        is safe: claims count each recipient once, and recipients who read
+        the message meanwhile are skipped.
+        """
+        with self._session_factory() as session:
+            claimed = sa.select(PushDelivery.message_id).where(
+                PushDelivery.message_id == Message.id
+            )
+            message_ids = session.execute(
+                sa.select(Message.id)
+                .where(Message.created_at > since, ~sa.exists(claimed))
+                .order_by(Message.id)
+            ).scalars().all()
+        if message_ids:
+            logger.info("dispatching %d messages that have no push record yet", len(message_ids))
+        reports = []
+        for message_id in message_ids:
+            reports.append(await self.send_push_for_conversation(message_id))
+        return reports
+
+
 async def send_push_for_conversation(dispatcher: PushDispatcher, message_id: int) -> DispatchReport:
     """Dispatch the pushes of one committed message with ``dispatcher``."""
     return await dispatcher.send_push_for_conversation(message_id)

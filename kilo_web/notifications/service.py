@@ -100,11 +100,13 @@ class NotificationService:
         retry_base_seconds: float = 1.0,
         receipt_delay: datetime.timedelta = datetime.timedelta(minutes=15),
         checkpoint: Checkpoint | None = None,
+        recovery: datetime.timedelta = datetime.timedelta(minutes=15),
     ) -> None:
         self._session_factory = session_factory
         self._transports = dict(transports)
         self._clock = clock or SystemClock()
         self._receipt_delay = receipt_delay
+        self._recovery = recovery
         self.window = window
         self.cleanup_timer = CleanupTimer(session_factory, clock=self._clock)
         self.dispatcher = PushDispatcher(
@@ -141,6 +143,7 @@ class NotificationService:
             max_attempts=settings.push_max_attempts,
             retry_base_seconds=settings.push_retry_base_seconds,
             receipt_delay=datetime.timedelta(seconds=settings.expo_receipt_delay_seconds),
+            recovery=datetime.timedelta(seconds=settings.push_recovery_seconds),
         )
 
     # Hooks for the chat service
@@ -256,6 +259,8 @@ class NotificationService:
     async def _resend_safely(self) -> None:
         try:
             await self.dispatcher.resend_pending()
+            # Messages whose dispatch died before its first claim left no record.
+            await self.dispatcher.dispatch_unclaimed(self._clock.now() - self._recovery)
         except Exception:
             logger.exception("resending pending pushes failed")
 

@@ -261,3 +261,29 @@ async def test_viewer_badge_drop_reaches_devices(session, session_factory, world
     assert badge_of(session_factory, world.bob) == 0
     badge_pushes = [m for m in expo_server.accepted_messages() if m["data"]["type"] == "badge"]
     assert [m["badge"] for m in badge_pushes] == [0]
+
+
+async def test_unclaimed_messages_dispatch_after_a_crash(session, session_factory, world,
+                                                        make_dispatcher, expo_server):
+    import datetime
+
+    _register_phone(session, world.bob, "bob")
+    # Stored, then the process died before the dispatch claimed anyone: no record.
+    lost = service.create_message(session, conversation_id=world.general, sender_id=world.alice,
+                                  blocks=text_blocks("lost in the crash")).id
+    dispatched = await post(session, world, world.general, world.alice, "dispatched")
+    dispatcher = make_dispatcher()
+    await dispatcher.send_push_for_conversation(dispatched)
+    assert badge_of(session_factory, world.bob) == 1
+
+    since = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=15)
+    reports = await dispatcher.dispatch_unclaimed(since)
+    again = await dispatcher.dispatch_unclaimed(since)
+
+    assert [report.message_id for report in reports] == [lost]
+    assert again == []
+    with session_factory() as check:
+        assert badge_of(session_factory, world.bob) == read_state.unread_summary(check,
+                                                                                world.bob).total
+    assert badge_of(session_factory, world.bob) == 2
+    assert [m["body"] for m in expo_server.accepted_messages()][-1] == "lost in the crash"
