@@ -66,6 +66,10 @@ KILO_MESSAGES_PER_MINUTE       Messages one user may post a minute on average,
                                counts on its own). Default 60.
 KILO_MESSAGE_BURST             Messages one user may post in a quick burst
                                before that average applies. Default 20.
+KILO_USER_SUBSCRIBES_PER_SECOND
+                               New contexts one user may subscribe to a
+                               second, over all their connections to a node,
+                               after a burst of 1000. Default 50.
 KILO_HISTORY_SIZE              Events kept per context for clients that
                                reconnect and ask for what they missed.
                                Default 500.
@@ -275,6 +279,7 @@ class Settings:
     max_frames_per_second: float = 50.0
     history_size: int = 500
     messages_per_minute: float = 60.0
+    user_subscribes_per_second: float = 50.0
     message_burst: int = 20
     reconnect_min_seconds: float = 0.5
     reconnect_max_seconds: float = 30.0
@@ -370,6 +375,9 @@ class Settings:
             max_frames_per_second=_env_float("KILO_MAX_FRAMES_PER_SECOND", 50.0, minimum=1.0),
             history_size=_env_int("KILO_HISTORY_SIZE", 500, minimum=0),
             messages_per_minute=_env_float("KILO_MESSAGES_PER_MINUTE", 60.0, minimum=0.1),
+            user_subscribes_per_second=_env_float(
+                "KILO_USER_SUBSCRIBES_PER_SECOND", 50.0, minimum=0.1
+            ),
             message_burst=_env_int("KILO_MESSAGE_BURST", 20, minimum=1),
             reconnect_min_seconds=_env_float("KILO_RECONNECT_MIN_SECONDS", 0.5, minimum=0.01),
             reconnect_max_seconds=_env_float("KILO_RECONNECT_MAX_SECONDS", 30.0, minimum=0.01),

@@ -78,6 +78,7 @@ def server_from_settings(
         ping_timeout=settings.ping_timeout_seconds,
         cluster=cluster_presence_from_settings(settings, node_id),
         max_buffered_bytes=settings.max_buffered_bytes,
+        user_subscribe_rate=settings.user_subscribes_per_second,
     )
 
 

@@ -19,13 +19,13 @@ class TokenBucket:
         self._tokens = float(burst)
         self._updated = now
 
-    def take(self, *, now: float) -> bool:
-        """Spend one token if there is one; return whether the action is allowed."""
+    def take(self, *, now: float, cost: float = 1) -> bool:
+        """Spend ``cost`` tokens if there are that many; return whether the action is allowed."""
         elapsed = max(0.0, now - self._updated)
         self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
         self._updated = now
-        if self._tokens >= 1:
-            self._tokens -= 1
+        if self._tokens >= cost:
+            self._tokens -= cost
             return True
         return False
 

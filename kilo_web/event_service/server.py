@@ -129,6 +129,8 @@ class EventServiceServer:
         frame_observer: FrameObserver | None = None,
         cluster: ClusterPresence | None = None,
         max_buffered_bytes: int = 1 << 20,
+        user_subscribe_rate: float = 50.0,
+        user_subscribe_burst: int = 1000,
     ) -> None:
         self._secret = secret
         self._authorizer = authorizer
@@ -147,6 +149,9 @@ class EventServiceServer:
         self._frame_observer = frame_observer
         self._cluster = cluster
         self._max_buffered = max_buffered_bytes
+        self._user_subscribe_rate = user_subscribe_rate
+        self._user_subscribe_burst = user_subscribe_burst
+        self._user_buckets: dict[str, TokenBucket] = {}
         # Presence entries this node wrote to Redis: (context, user) -> connection ids.
         self._cluster_entries: dict[tuple[str, str], set[int]] = {}
         self._heartbeat: asyncio.Task[None] | None = None
@@ -396,6 +401,8 @@ class EventServiceServer:
             if session.expiry is not None:
                 session.expiry.cancel()
             del self._sessions[session.id]
+            if not any(s.user_id == session.user_id for s in self._sessions.values()):
+                self._user_buckets.pop(session.user_id, None)
             held = list(self._table.contexts_of(session.id))
             self._release(session, held, self._table.drop(session.id))
             session.log.info("connection closed (code %s)", connection.close_code)
@@ -450,6 +457,18 @@ class EventServiceServer:
         """Queue a frame on the connection without awaiting, keeping frame order."""
         text = frame if isinstance(frame, str) else protocol.encode(frame)
         broadcast(self._sendable([session]), text)
+
+    def _user_may_subscribe(self, session: _Session, count: int) -> bool:
+        """Spend ``count`` of the user's subscribe allowance, shared by their connections."""
+        now = asyncio.get_running_loop().time()
+        bucket = self._user_buckets.get(session.user_id)
+        if bucket is None:
+            bucket = self._user_buckets[session.user_id] = TokenBucket(
+                self._user_subscribe_rate, self._user_subscribe_burst, now=now)
+        if not bucket.take(now=now, cost=count):
+            session.log.info("user subscribe rate exceeded; refusing %d contexts", count)
+            return False
+        return True
 
     async def _close_slow(self, session: _Session) -> None:
         """Close a connection that fell behind, aborting it if the close frame cannot get out."""
@@ -510,6 +529,17 @@ class EventServiceServer:
     async def _subscribe(self, session: _Session, frame: protocol.Subscribe) -> None:
         held = self._table.contexts_of(session.id)
         new = [c for c in frame.contexts if c not in held]
+        if new and not self._user_may_subscribe(session, len(new)):
+            self._write(session, protocol.Error(
+                code=protocol.ErrorCode.RATE_LIMITED.value,
+                message=(
+                    f"user {session.user_id} subscribes to more than "
+                    f"{self._user_subscribe_rate:g} new contexts a second across their "
+                    "connections; nothing in this frame was subscribed, so send it again later"
+                ),
+                frame_type=frame.type,
+            ))
+            return
         if len(held) + len(new) > self._max_contexts_per_connection:
             self._write(session, protocol.Error(
                 code=protocol.ErrorCode.TOO_MANY_CONTEXTS.value,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 
 import httpx
 import pytest
@@ -64,7 +65,8 @@ def test_openapi_document_is_served(api_url):
 
 
 @schema.parametrize()
-@settings(max_examples=40, deadline=None,
+# KILO_FUZZ_EXAMPLES raises the examples per operation for a long run.
+@settings(max_examples=int(os.environ.get("KILO_FUZZ_EXAMPLES", "40")), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.filter_too_much])
 def test_api_conforms_to_its_openapi_document(case, api_url, callers):

@@ -10,7 +10,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from kilo_web.event_service import EventServiceClient, issue_token, mint_token
+from kilo_web.event_service import EventServiceClient, EventServiceServer, issue_token, mint_token
 from kilo_web.event_service.client import refresh_delay, token_expiry
 
 from .conftest import SECRET, eventually
@@ -183,3 +183,29 @@ async def test_client_rejected_token_backs_off(server):
     finally:
         connect_task.cancel()
         await client.close()
+
+
+async def test_user_subscribe_rate_is_shared_by_connections(authorizer):
+    async with EventServiceServer(secret=SECRET, authorizer=authorizer,
+                                  user_subscribe_rate=1.0, user_subscribe_burst=150,
+                                  max_frames_per_second=1000) as server:
+        token = mint_token(SECRET, "greedy")
+        headers = {"Authorization": f"Bearer {token}"}
+        async with connect(server.url, additional_headers=headers) as first, \
+                connect(server.url, additional_headers=headers) as second:
+            batch = [f"/kiloclaw/s/c{i}" for i in range(100)]
+            await first.send(json.dumps({"type": "context.subscribe", "contexts": batch}))
+            assert json.loads(await first.recv())["type"] == "context.subscribed"
+            more = [f"/kiloclaw/s/d{i}" for i in range(100)]
+            await second.send(json.dumps({"type": "context.subscribe", "contexts": more}))
+            refused = json.loads(await second.recv())
+            other = mint_token(SECRET, "modest")
+            async with connect(server.url,
+                               additional_headers={"Authorization": f"Bearer {other}"}) as third:
+                await third.send(json.dumps({"type": "context.subscribe", "contexts": more}))
+                accepted = json.loads(await third.recv())
+
+    assert refused["type"] == "error"
+    assert refused["code"] == "rate_limited"
+    assert "user greedy" in refused["message"]
+    assert accepted["type"] == "context.subscribed"
