@@ -68,6 +68,13 @@ def test_demo_bot_answers_with_safe_markdown(demo_app, browser):
         assert link.first.get_attribute("href") == "https://example.org/docs"
         assert link.first.get_attribute("target") == "_blank"
         assert "noopener" in (link.first.get_attribute("rel") or "")
+
+        # A plain-text message is text too, whatever it contains.
+        send(page, "<script>window.pwned=3</script><img src=y onerror=\"window.pwned=4\">")
+        plain = page.locator(".message-text", has_text="<script>window.pwned=3</script>")
+        plain.first.wait_for(timeout=30_000)
+        assert plain.first.locator("script, img").count() == 0
+        assert page.evaluate("window.pwned") is None
     except Exception:
         print(demo_app.log_tail(80))
         raise
