@@ -6,11 +6,14 @@ import logging
 
 import reflex as rx
 import reflex_local_auth
+from reflex.app import default_backend_exception_handler
+from reflex.event import EventSpec
 
 from kilo_web.accounts.pages import login_page, register_page
 from kilo_web.accounts.state import current_profile_id
 from kilo_web.bots.embedded import embedded_demo_bot
 from kilo_web.chat.api import create_api
+from kilo_web.chat.database import DATABASE_UNAVAILABLE
 from kilo_web.chat.tokens import token_for
 from kilo_web.event_service.embedded import embedded_event_service
 from kilo_web.runtime import notification_service, notifications_lifespan, send_limiter
@@ -18,6 +21,9 @@ from kilo_web.settings import get_settings
 from kilo_web.web.chat_state import ChatState
 from kilo_web.web.layout import kilo_chat_layout
 from kilo_web.web.shell import app_shell, install_app_shell
+
+logger = logging.getLogger(__name__)
+
 
 def _configure_logging() -> None:
     """Send the kilo_web loggers to stderr; Reflex configures no handler for them."""
@@ -34,12 +40,26 @@ def _configure_logging() -> None:
 _configure_logging()
 
 
+def _backend_exception_handler(exception: Exception) -> EventSpec:
+    """Say plainly when an event failed because the database is unreachable."""
+    if isinstance(exception, DATABASE_UNAVAILABLE):
+        logger.warning("an event failed, the database is unavailable: %s",
+                       exception.__class__.__name__)
+        return rx.toast.error(
+            "The database is unavailable right now, so that did not happen. "
+            "Try again in a few seconds.",
+            id="database-unavailable",
+        )
+    return default_backend_exception_handler(exception)
+
+
 def index() -> rx.Component:
     """Render the chat page; the route requires a signed-in user."""
     return app_shell(kilo_chat_layout())
 
 
 app = rx.App(
+    backend_exception_handler=_backend_exception_handler,
     api_transformer=create_api(
         after_publish=lambda view: notification_service().after_publish(view),
         on_unread_changed=lambda summary: notification_service().on_unread_changed(summary),

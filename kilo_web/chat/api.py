@@ -24,7 +24,6 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import sqlalchemy as sa
 from reflex_local_auth.auth_session import LocalAuthSession
 from sqlmodel import Session, select
 from starlette.applications import Starlette
@@ -35,7 +34,7 @@ from starlette.routing import Match, Route
 from kilo_web.accounts.users import ensure_profile
 from kilo_web.chat.models import LocalUser
 from kilo_web.chat.openapi import openapi_document
-from kilo_web.chat.database import shared_engine
+from kilo_web.chat.database import DATABASE_UNAVAILABLE, shared_engine
 from kilo_web.chat import bots, read_state, service
 from kilo_web.chat.bots import ApiKeyView, BotCaller, BotView
 from kilo_web.chat.content import text_blocks
@@ -173,7 +172,7 @@ def _endpoint(handler: Endpoint) -> Endpoint:
             error = exc
         except ChatError as exc:
             error = _chat_error(exc)
-        except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError) as exc:
+        except DATABASE_UNAVAILABLE as exc:
             # The database is down or unreachable. Each write is one transaction,
             # so nothing half-written stays behind, and the caller may retry.
             logger.warning("%s %s failed, the database is unavailable: %s", request.method,

@@ -22,6 +22,9 @@ from kilo_web.settings import PROJECT_DIR
 
 logger = logging.getLogger(__name__)
 
+DATABASE_UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
+"""Errors that mean the database cannot be reached now, rather than that a query is wrong."""
+
 ALEMBIC_INI = PROJECT_DIR / "alembic.ini"
 ALEMBIC_DIR = PROJECT_DIR / "alembic"
 

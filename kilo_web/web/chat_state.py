@@ -12,7 +12,6 @@ import logging
 from typing import Any, TypedDict
 
 import reflex as rx
-import sqlalchemy as sa
 import reflex_local_auth
 
 from kilo_web.accounts.state import current_profile_id
@@ -25,6 +24,7 @@ from kilo_web.event_service.contexts import (
     kiloclaw_instance_presence_context,
 )
 from kilo_web.chat import read_state
+from kilo_web.chat.database import DATABASE_UNAVAILABLE
 from kilo_web.chat.publisher import CONVERSATION_ADDED_EVENT
 from kilo_web.chat.read_state import UNREAD_CHANGED_EVENT
 from kilo_web.event_service.contexts import user_context
@@ -393,15 +393,15 @@ class ChatState(reflex_local_auth.LocalAuthState):
     async def send_message(self, form_data: dict[str, Any]):
         """Post the composer's text to the open conversation."""
         text = str(form_data.get("text", ""))
-        profile_id = await self._require_profile()
-        if profile_id is None:
-            return reflex_local_auth.LoginState.redir
         if not self.selected_conversation_id:
             self.error_message = "Open a conversation before sending a message."
             return None
         if not text.strip():
             return None
         try:
+            profile_id = await self._require_profile()
+            if profile_id is None:
+                return reflex_local_auth.LoginState.redir
             send_limiter().check(profile_id)
             with rx.session() as session:
                 view = await service.post_message(
@@ -416,7 +416,7 @@ class ChatState(reflex_local_auth.LocalAuthState):
             self.error_message = str(exc)
             # Put the text back so nothing the user typed is lost.
             return rx.set_value("composer", text)
-        except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError) as exc:
+        except DATABASE_UNAVAILABLE as exc:
             logger.warning("sending to conversation %s failed, the database is unavailable: %s",
                            self.selected_conversation_id, exc.__class__.__name__)
             self.error_message = (
