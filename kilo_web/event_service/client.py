@@ -198,6 +198,14 @@ class EventServiceClient:
         """Close the socket and stop reconnecting. Safe to call more than once."""
         self._closing = True
         task, self._task = self._task, None
+        socket = self._socket
+        if socket is not None:
+            # A normal closing handshake (1000); cancelling the task alone
+            # would drop the connection with 1011.
+            try:
+                await asyncio.wait_for(socket.close(), timeout=2)
+            except (TimeoutError, OSError, ConnectionClosed):
+                pass
         if task is not None:
             task.cancel()
             # gather() absorbs the task's own CancelledError but still raises

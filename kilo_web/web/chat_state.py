@@ -561,7 +561,8 @@ class ChatState(reflex_local_auth.LocalAuthState):
             return event.event == SUBSCRIBED and not event.data.get("recovered", False)
 
         if any(event.context == self.conversation_context and missed(event) for event in events):
-            logger.info("reloading conversation %s after a failed recovery",
+            logger.info("reloading conversation %s: a new subscription, or missed events "
+                        "that could not be replayed",
                         self.selected_conversation_id)
             self._reload_conversation()
 

@@ -272,3 +272,15 @@ async def test_failing_handler_does_not_silence_others(server, make_client):
     await server.publish(X, "test.event", {})
     await inbox.wait_for_count(1)
     assert client.connected
+
+
+async def test_close_sends_a_normal_closing_handshake(server, make_client):
+    client = await make_client("closer")
+    await eventually(lambda: server.connection_count("closer") == 1, message="the connection")
+    [session] = [s for s in server._sessions.values() if s.user_id == "closer"]
+    connection = session.connection
+
+    await client.close()
+
+    await eventually(lambda: connection.close_code is not None, message="the close")
+    assert connection.close_code == 1000
