@@ -1,8 +1,8 @@
 """The HTTP API under ``/api``, served by the Reflex backend.
 
-Callers authenticate with ``Authorization: Bearer <credential>``: either the
-session token the web app keeps after a login (reflex-local-auth's
-``LocalAuthSession.session_id``) or a bot's API key (``kilo_bot_...``).
+Callers authenticate with ``Authorization: Bearer <credential>``: a session
+token from ``POST /api/login`` (the web app's own login session works too),
+or a bot's API key (``kilo_bot_...``).
 Bots may read and post in their own instance; endpoints that manage
 devices, members, instances, bots or keys are for people.
 
@@ -15,11 +15,13 @@ the guide. Every error has one JSON shape::
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import functools
 import logging
 import math
+import secrets
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -31,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Match, Route
 
-from kilo_web.accounts.users import ensure_profile
+from kilo_web.accounts.users import MAX_PASSWORD_BYTES, ensure_profile
 from kilo_web.chat.models import LocalUser
 from kilo_web.chat.openapi import openapi_document
 from kilo_web.chat.database import DATABASE_UNAVAILABLE, shared_engine
@@ -121,6 +123,9 @@ def authenticate_caller(session: Session, request: Request) -> Caller:
         except InvalidApiKeyError as exc:
             raise ApiError(401, "invalid_api_key", str(exc)) from None
         return Caller(user_id=bot.bot_id, bot=bot)
+    # NOTE: a web login's session id is the tab's Reflex client token, which
+    # also travels in the Socket.IO URL; only tokens from POST /api/login
+    # stay out of URLs. Accepting both keeps the web app's own calls working.
     row = session.exec(
         select(LocalAuthSession).where(LocalAuthSession.session_id == credential)
     ).first()
@@ -204,6 +209,57 @@ async def create_token(request: Request) -> JSONResponse:
     return JSONResponse(
         {"token": token, "expiresAt": expires_at.isoformat(), "userId": caller.user_id}
     )
+
+
+API_SESSION_DAYS = 30
+"""Lifetime of a session token made by ``POST /api/login``."""
+
+
+async def log_in(request: Request) -> JSONResponse:
+    """``POST /api/login``: trade a username and password for a session token.
+
+    The token is random and belongs to no browser tab, so unlike the web
+    app's own session it never travels in a URL. No credentials are needed
+    to call this, and a wrong username and a wrong password get the same
+    answer.
+    """
+    body = await _json_object(request)
+    username, password = body.get("username"), body.get("password")
+    if not isinstance(username, str) or not isinstance(password, str):
+        raise ApiError(400, "invalid_body", "send 'username' and 'password' as strings")
+    refused = ApiError(401, "invalid_credentials",
+                       "the username or the password is wrong, or the account is disabled")
+    if not password or len(password.encode("utf-8")) > MAX_PASSWORD_BYTES:
+        raise refused
+    with _session(request) as session:
+        user = session.exec(select(LocalUser).where(LocalUser.username == username)).first()
+        # bcrypt takes a quarter of a second; run it off the event loop.
+        if user is None or not user.enabled or not await asyncio.to_thread(user.verify, password):
+            logger.info("API login refused for username %r", username[:64])
+            raise refused
+        profile = ensure_profile(session, user.id)
+        token = secrets.token_urlsafe(32)
+        expires_at = dt.datetime.now(dt.UTC) + dt.timedelta(days=API_SESSION_DAYS)
+        session.add(LocalAuthSession(user_id=user.id, session_id=token, expiration=expires_at))
+        session.commit()
+        profile_id = profile.id
+    logger.info("user %s logged in through the API", profile_id)
+    return JSONResponse({"token": token, "expiresAt": expires_at.isoformat(),
+                         "userId": profile_id}, status_code=201)
+
+
+async def log_out(request: Request) -> JSONResponse:
+    """``DELETE /api/login``: end the session whose token authenticated this request."""
+    with _session(request) as session:
+        authenticate_person(session, request, "log out")
+        credential = _bearer(request)
+        row = session.exec(
+            select(LocalAuthSession).where(LocalAuthSession.session_id == credential)
+        ).first()
+        if row is not None:
+            session.delete(row)
+            session.commit()
+    return JSONResponse({"loggedOut": True})
 
 
 async def who_am_i(request: Request) -> JSONResponse:
@@ -682,6 +738,8 @@ def create_api(
     """Build the Starlette app that Reflex mounts its own routes under."""
     api = Starlette(routes=[
         Route("/api/openapi.json", openapi_json, methods=["GET"]),
+        Route("/api/login", _endpoint(log_in), methods=["POST"]),
+        Route("/api/login", _endpoint(log_out), methods=["DELETE"]),
         Route("/api/token", _endpoint(create_token), methods=["POST"]),
         Route("/api/devices", _endpoint(list_user_devices), methods=["GET"]),
         Route("/api/devices", _endpoint(register_device), methods=["POST"]),

@@ -68,7 +68,7 @@ def _operation(
     }
     # Any request may be malformed (a NUL in a parameter, say) or meet a
     # database outage, and any but this document's needs credentials.
-    for status in sorted({*errors, *(() if public else (400, 401, 503))}):
+    for status in sorted({*errors, 400, 503, *(() if public else (401,))}):
         responses[str(status)] = {"$ref": f"#/components/responses/Error{status}"}
     operation: dict[str, Any] = {"summary": summary, "responses": dict(sorted(responses.items()))}
     if parameters:
@@ -106,7 +106,7 @@ _SCHEMAS: dict[str, Schema] = {
         }),
     }),
     "Token": _object({
-        "token": {"type": "string", "description": "An event-service token (a JWT)."},
+        "token": {"type": "string", "description": "The token: a session token or a JWT."},
         "expiresAt": {"type": "string", "format": "date-time"},
         "userId": {"type": "integer"},
     }),
@@ -212,6 +212,19 @@ def _paths() -> dict[str, Any]:
             "This document.", ok={200: ({"type": "object"}, "The OpenAPI document.")},
             errors=(), public=True,
         )},
+        "/api/login": {
+            "post": _operation(
+                "Trade a username and password for a session token (30 days).",
+                body=_object({"username": {"type": "string"}, "password": {"type": "string"}}),
+                ok={201: (_ref("Token"), "The session token, its expiry and the user's id.")},
+                errors=(400, 401), public=True,
+            ),
+            "delete": _operation(
+                "End the session of the token that authenticates this request; people only.",
+                ok={200: (_object({"loggedOut": {"const": True}}), "The session is over.")},
+                errors=(403,),
+            ),
+        },
         "/api/token": {"post": _operation(
             "An event-service token for the caller (tokenSource \"bot\" for an API key).",
             ok={200: (_ref("Token"), "A token and its expiry.")}, errors=(),
