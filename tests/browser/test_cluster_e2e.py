@@ -98,10 +98,23 @@ class SteeredProxy:
     def stop(self) -> None:
         if not self._thread.is_alive():
             return
-        if self._server is not None:
-            self._loop.call_soon_threadsafe(self._server.close)
+
+        async def shut_down() -> None:
+            if self._server is not None:
+                self._server.close()
+            for _, client, upstream in list(self._open):
+                client.close()
+                upstream.close()
+            # Let the relays finish, so none is left pending when the loop stops.
+            relays = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in relays:
+                task.cancel()
+            await asyncio.gather(*relays, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shut_down(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+        self._loop.close()
 
 
 class Deployment:
