@@ -79,6 +79,7 @@ def server_from_settings(
         cluster=cluster_presence_from_settings(settings, node_id),
         max_buffered_bytes=settings.max_buffered_bytes,
         user_subscribe_rate=settings.user_subscribes_per_second,
+        compression=settings.event_service_compression,
     )
 
 

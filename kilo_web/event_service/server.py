@@ -131,6 +131,7 @@ class EventServiceServer:
         max_buffered_bytes: int = 1 << 20,
         user_subscribe_rate: float = 50.0,
         user_subscribe_burst: int = 1000,
+        compression: str | None = None,
     ) -> None:
         self._secret = secret
         self._authorizer = authorizer
@@ -152,6 +153,10 @@ class EventServiceServer:
         self._user_subscribe_rate = user_subscribe_rate
         self._user_subscribe_burst = user_subscribe_burst
         self._user_buckets: dict[str, TokenBucket] = {}
+        # permessage-deflate costs about 40 KiB of memory per connection for
+        # its compression state (docs/benchmarks.md), and events are small
+        # JSON, so it is off unless asked for with compression="deflate".
+        self._compression = compression
         # Presence entries this node wrote to Redis: (context, user) -> connection ids.
         self._cluster_entries: dict[tuple[str, str], set[int]] = {}
         self._heartbeat: asyncio.Task[None] | None = None
@@ -195,6 +200,7 @@ class EventServiceServer:
             # A peer that stops replying to pings will not complete the closing
             # handshake either, so this bounds how long its presence outlives it.
             close_timeout=self._close_timeout,
+            compression=self._compression,
         )
         logger.info("event service listening on %s", self.url)
 

@@ -222,3 +222,14 @@ async def test_churn_returns_counts_to_zero(server):
         await socket.close()
     await eventually(lambda: server.connection_count() == 0, message="all closed")
     assert server.contexts() == []
+
+
+async def test_compression_is_off_unless_asked(authorizer):
+    token = mint_token(SECRET, "u1")
+    headers = {"Authorization": f"Bearer {token}"}
+    for compression, expected in ((None, None), ("deflate", "permessage-deflate")):
+        async with EventServiceServer(secret=SECRET, authorizer=authorizer,
+                                      compression=compression) as server:
+            async with connect(server.url, additional_headers=headers) as ws:
+                negotiated = ws.response.headers.get("Sec-WebSocket-Extensions")
+        assert (negotiated.split(";")[0] if negotiated else None) == expected
