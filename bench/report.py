@@ -94,7 +94,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     for row in results.get("connections", []):
         if row["server"] != "kilo":
             continue
-        setting = "default (deflate on)" if row["compression"] else "compression=None"
+        setting = "deflate on" if row["compression"] else "compression=None (the default)"
         checks.append({
             "target": f"<= {KIB_PER_CONNECTION:g} KiB RSS per idle subscribed connection "
                       f"({row['connections']:,} connections, {setting})",
@@ -154,7 +154,7 @@ def _connections_table(rows: list[dict[str, Any]]) -> list[str]:
     ]
     for row in rows:
         lines.append(
-            f"| {row['server']} | {'default (deflate)' if row['compression'] else 'None'} "
+            f"| {row['server']} | {'deflate' if row['compression'] else 'None (default)'} "
             f"| {row['connections']:,} | {row['deflate_negotiated']:,} "
             f"| {row['baseline_rss_mib']:.1f} | {row['rss_mib']:.1f} "
             f"| {row['kib_per_connection']:.1f} | {row['connect_seconds']:.1f} |"
