@@ -103,7 +103,7 @@ def _bearer(request: Request) -> str:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Caller:
-    """Who sent a request: a person by session token, or a bot by API key."""
+    """The sender of a request: a person by session token, or a bot by API key."""
 
     user_id: int
     bot: BotCaller | None = None
@@ -221,7 +221,7 @@ async def log_in(request: Request) -> JSONResponse:
     The token is random and belongs to no browser tab, so unlike the web
     app's own session it never travels in a URL. No credentials are needed
     to call this, and a wrong username and a wrong password get the same
-    answer.
+    response.
     """
     body = await _json_object(request)
     username, password = body.get("username"), body.get("password")
@@ -235,7 +235,7 @@ async def log_in(request: Request) -> JSONResponse:
         user = session.exec(select(LocalUser).where(LocalUser.username == username)).first()
         # bcrypt takes a quarter of a second; run it off the event loop.
         if user is None or not user.enabled or not await asyncio.to_thread(user.verify, password):
-            logger.info("API login refused for username %r", username[:64])
+            logger.info("API login rejected for username %r", username[:64])
             raise refused
         profile = ensure_profile(session, user.id)
         token = secrets.token_urlsafe(32)
@@ -296,7 +296,7 @@ def _reject_nul_in_url(request: Request) -> None:
 
 
 def _find_nul(value: Any, path: str) -> str | None:
-    """Return the path of the first string in ``value`` that holds a NUL character."""
+    """Return the path of the first string in ``value`` that contains a NUL character."""
     if isinstance(value, str):
         return path if "\x00" in value else None
     if isinstance(value, dict):
@@ -710,7 +710,7 @@ async def openapi_json(request: Request) -> JSONResponse:
 
 
 async def no_such_endpoint(request: Request) -> JSONResponse:
-    """Answer a request that no route takes with 405 when the path exists, else 404."""
+    """Respond to a request that no route takes: 405 when the path exists, else 404."""
     allowed: set[str] = set()
     for route in request.app.routes:
         if isinstance(route, Route) and route.endpoint is not no_such_endpoint:

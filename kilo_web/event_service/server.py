@@ -783,7 +783,7 @@ class EventServiceServer:
             present = self._presence.users(context)
         stream = self._streams.get(context)
         if stream is None or context not in self._table.contexts_of(session.id):
-            return  # Unsubscribed while Redis answered.
+            return  # The client unsubscribed while the Redis calls ran.
         users = [{"userId": u} for u in present if self._may_see(session, context, u)]
         self._write(session, protocol.encode_event(context, STATE, {"users": users}, position))
 
