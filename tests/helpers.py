@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
+from collections.abc import Callable
 
 
 def free_port() -> int:
@@ -42,9 +44,10 @@ class RuleAuthorizer:
 class CuttingProxy:
     """A loopback TCP proxy, run in the caller's event loop, that can cut every connection.
 
-    Clients connect to ``port``; each connection is relayed to
-    ``target_port``. ``cut()`` closes every relayed connection at once, as a
-    network drop would; new connections are accepted again right away.
+    Clients connect to ``port``; each new connection is relayed to
+    ``target_port``, which a load balancer's test may change between
+    connections. ``cut()`` closes relayed connections at once, as a network
+    drop would, and new connections are accepted again right away.
     """
 
     def __init__(self, target_port: int) -> None:
@@ -54,7 +57,8 @@ class CuttingProxy:
         self.blocked = False
         """While True, new connections are closed at once, as by a host that is down."""
         self._server: asyncio.Server | None = None
-        self._open: set[asyncio.StreamWriter] = set()
+        # Both ends of each relayed connection, with the port it went to.
+        self._open: dict[asyncio.StreamWriter, int] = {}
 
     @property
     def port(self) -> int:
@@ -76,13 +80,13 @@ class CuttingProxy:
                 transport.abort()
             return
         self.accepted += 1
+        target = self.target_port
         try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(
-                "127.0.0.1", self.target_port)
+            upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", target)
         except OSError:
             writer.close()
             return
-        self._open.update((writer, upstream_writer))
+        self._open.update({writer: target, upstream_writer: target})
 
         async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
             try:
@@ -95,16 +99,19 @@ class CuttingProxy:
                 sink.close()
 
         await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
-        self._open.difference_update((writer, upstream_writer))
+        self._open.pop(writer, None)
+        self._open.pop(upstream_writer, None)
 
-    def cut(self) -> None:
-        """Drop every relayed connection without a closing handshake."""
+    def cut(self, *, keep_port: int | None = None) -> None:
+        """Drop relayed connections without a closing handshake, but those to ``keep_port``."""
         self.cuts += 1
-        for writer in list(self._open):
+        for writer, target in list(self._open.items()):
+            if target == keep_port:
+                continue
             transport = writer.transport
             if transport is not None:
                 transport.abort()
-        self._open.clear()
+            del self._open[writer]
 
     def block(self) -> None:
         """Cut every connection and refuse new ones until ``unblock()``."""
@@ -119,3 +126,36 @@ class CuttingProxy:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+
+class ProxyThread:
+    """A CuttingProxy on an event loop of its own thread, for synchronous tests."""
+
+    def __init__(self, target_port: int) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.proxy = CuttingProxy(target_port)
+        asyncio.run_coroutine_threadsafe(self.proxy.start(), self.loop).result(10)
+
+    def call(self, method: Callable[[], object]) -> None:
+        """Run ``method`` (a proxy operation) on the proxy's loop and wait until it ran."""
+
+        async def run() -> None:
+            method()
+
+        asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._shut_down(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+    async def _shut_down(self) -> None:
+        await self.proxy.close()
+        # Let the relays finish, so none is left pending when the loop stops.
+        relays = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in relays:
+            task.cancel()
+        await asyncio.gather(*relays, return_exceptions=True)

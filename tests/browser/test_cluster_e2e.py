@@ -2,21 +2,19 @@
 nodes and two app backends in production mode behind a load balancer.
 
 The commands are the documented ones. The load balancer is a TCP proxy that
-the test steers, so it decides which backend worker serves a tab: it signs
-alice and bob in on different workers and checks that they chat live, then
-drains bob's worker so that his tab reconnects to the other one, and
-checks again.
+the test steers, so the test decides which backend worker serves a tab. It
+signs alice and bob in on different workers and checks that they chat live.
+Then it drains bob's worker, so that his tab reconnects to the other one,
+and checks again.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +25,7 @@ from sqlalchemy.engine import make_url
 
 from tests.conftest import POSTGRES_ADMIN_URL
 from tests.event_service.test_main import wait_for_port
-from tests.helpers import free_port
+from tests.helpers import ProxyThread, free_port
 
 from .conftest import PROJECT_DIR, wait_for
 from .test_chat_e2e import TOOLS_BIN, _answers, log_in, message_texts, send
@@ -38,83 +36,27 @@ _OPENED = re.compile(r"^(\S+ \S+) \[(\d+)\] INFO kilo_web\.web\.tab_connections:
                      r"opened an event-service connection for user (\d+)", re.MULTILINE)
 
 
-class SteeredProxy:
-    """A loopback TCP proxy that sends each new connection to the backend the test chose."""
+class SteeredProxy(ProxyThread):
+    """The load balancer: a proxy whose next connections go to the backend the test chose."""
 
-    def __init__(self, port: int, backend_ports: list[int]) -> None:
-        self.port = port
+    def __init__(self, backend_ports: list[int]) -> None:
+        super().__init__(backend_ports[0])
         self.backend_ports = backend_ports
-        self.target = 0
-        """Index of the backend that new connections go to."""
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._server: asyncio.Server | None = None
-        self._open: list[tuple[int, asyncio.StreamWriter, asyncio.StreamWriter]] = []
 
-    def start(self) -> None:
-        self._thread.start()
-        future = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._relay, "127.0.0.1", self.port), self._loop)
-        self._server = future.result(timeout=10)
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(
-                "127.0.0.1", self.backend_ports[self.target])
-        except OSError:
-            writer.close()
-            return
-
-        entry = (self.target, writer, upstream_writer)
-        self._open.append(entry)
-
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            try:
-                while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                sink.close()
-
-        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
-        self._open.remove(entry)
+    @property
+    def port(self) -> int:
+        return self.proxy.port
 
     def steer(self, backend: int, *, drain: bool = False) -> None:
         """Send new connections to ``backend``; with ``drain``, cut those to the others."""
-        self.target = backend
-        if not drain:
-            return
+        target = self.backend_ports[backend]
 
-        def cut() -> None:
-            for index, client, upstream in list(self._open):
-                if index != backend:
-                    client.close()
-                    upstream.close()
+        def apply() -> None:
+            self.proxy.target_port = target
+            if drain:
+                self.proxy.cut(keep_port=target)
 
-        self._loop.call_soon_threadsafe(cut)
-
-    def stop(self) -> None:
-        if not self._thread.is_alive():
-            return
-
-        async def shut_down() -> None:
-            if self._server is not None:
-                self._server.close()
-            for _, client, upstream in list(self._open):
-                client.close()
-                upstream.close()
-            # Let the relays finish, so none is left pending when the loop stops.
-            relays = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in relays:
-                task.cancel()
-            await asyncio.gather(*relays, return_exceptions=True)
-
-        asyncio.run_coroutine_threadsafe(shut_down(), self._loop).result(timeout=10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._loop.close()
+        self.call(apply)
 
 
 class Deployment:
@@ -123,7 +65,7 @@ class Deployment:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.database = f"kilo_web_deploy_{uuid.uuid4().hex[:10]}"
-        self.proxy = SteeredProxy(free_port(), [free_port(), free_port()])
+        self.proxy = SteeredProxy([free_port(), free_port()])
         self.node_ports = [free_port(), free_port()]
         database_url = make_url(POSTGRES_ADMIN_URL).set(database=self.database)
         self.environment = {
@@ -199,7 +141,6 @@ class Deployment:
                 message=lambda: f"the app to serve; log tail:\n{self.log_tail()}",
             )
             assert app.poll() is None, f"the app exited; log tail:\n{self.log_tail()}"
-        self.proxy.start()
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n\n".join(

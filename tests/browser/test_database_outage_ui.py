@@ -13,8 +13,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from tests.chat.test_database_outage import ProxyThread
 from tests.conftest import POSTGRES_ADMIN_URL
+from tests.helpers import ProxyThread
 
 from .conftest import wait_for
 from .test_chat_e2e import (

@@ -6,7 +6,6 @@ network partition or a database restart would.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 import uuid
@@ -24,7 +23,7 @@ from kilo_web.chat.database import upgrade_database
 from kilo_web.settings import Settings
 from tests.chat.conftest import SECRET, auth_headers, insert_user
 from tests.conftest import POSTGRES_ADMIN_URL
-from tests.helpers import CuttingProxy, free_port
+from tests.helpers import ProxyThread, free_port
 
 
 @pytest.fixture
@@ -42,25 +41,6 @@ def postgres_database():
         with admin.connect() as connection:
             connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
-
-
-class ProxyThread:
-    """A CuttingProxy to PostgreSQL, run on an event loop of its own thread."""
-
-    def __init__(self, port: int) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.proxy = CuttingProxy(port)
-        asyncio.run_coroutine_threadsafe(self.proxy.start(), self.loop).result(10)
-
-    def call(self, method) -> None:
-        self.loop.call_soon_threadsafe(method)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.proxy.close(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 def test_api_survives_a_database_outage(postgres_database, tmp_path):
