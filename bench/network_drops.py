@@ -5,8 +5,8 @@
 SDK clients reach an event service through a loopback TCP proxy that drops
 every connection at once on a timer. A publisher sends numbered events to a
 few contexts at a steady rate. Every client must end with every event of
-every context exactly once and in order; the clients resume with ``since``
-after each drop and the server replays what they missed. The run prints the
+every context exactly once and in order: the clients resume with ``since``
+after each drop, and the server replays what they missed. The run prints the
 delivery rate (events received once, in order, over events expected) and
 the number of drops and reconnects. ``tests/event_service/test_network_drops.py``
 runs a short version of it.
@@ -33,7 +33,7 @@ SECRET = "network-drops-" + "d" * 40
 
 @dataclasses.dataclass
 class DropReport:
-    """What the clients received compared with what was published."""
+    """The events the clients received, compared with those published."""
 
     clients: int
     contexts: int

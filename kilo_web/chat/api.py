@@ -674,7 +674,7 @@ async def revoke_bot_key(request: Request) -> JSONResponse:
     """``DELETE /api/bots/{id}/keys/{key id}``: revoke a key at once; owner only.
 
     The bot's open event-service connections close with 4003, and every
-    token issued to it before is refused; clients with another valid key
+    token issued to it before is rejected. Clients with another valid key
     fetch a new token and reconnect.
     """
     bot_id, key_id = _path_int(request, "bot_id"), request.path_params["key_id"]

@@ -12,7 +12,7 @@ random bits, which is why a fast digest is enough where a password would need
 a slow one.
 
 Revoking a key marks it revoked and raises the bot's token version, so every
-event-service token issued to the bot is refused from then on; clients using
+event-service token issued to the bot is rejected from then on. Clients using
 another, still valid key fetch a fresh token and carry on. The caller then
 announces the new version on the event service (``announce_revocation``),
 which closes the bot's open connections at once.

@@ -157,7 +157,7 @@ def get_user(session: Session, user_id: int) -> UserProfile:
 def find_user_by_username(session: Session, username: str) -> UserProfile | None:
     """Return the profile of the account named ``username`` (case-sensitive), or None."""
     if "\x00" in username:
-        return None  # No username holds NUL, and PostgreSQL rejects it in a query.
+        return None  # No username contains NUL, and PostgreSQL rejects it in a query.
     statement = (
         select(UserProfile)
         .join(LocalUser, LocalUser.id == UserProfile.local_user_id)
@@ -414,7 +414,7 @@ async def announce_conversation(
 
     Call it after the membership is committed, so clients (a bot, a second
     tab) learn of a conversation they now belong to without polling. A
-    publish failure is logged and swallowed: the membership stands, and
+    publish failure is logged and swallowed: the membership is kept, and
     clients see it the next time they list their conversations.
     """
     data = {

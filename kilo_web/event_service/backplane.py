@@ -3,7 +3,7 @@
 A publisher (the chat service, a bot, a script) calls ``publish``; every
 node that watches the context receives the event and fans it out to its
 own connections. A node watches a context while at least one of its
-connections holds it, and watches are counted, so several nodes may share
+connections subscribes to it, and watches are counted, so several nodes may share
 one backplane. ``InMemoryBackplane`` serves the single-process deployment;
 ``redis_backplane.RedisBackplane`` implements the same interface for
 several nodes.

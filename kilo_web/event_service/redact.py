@@ -4,7 +4,7 @@ The ``websockets`` package logs every handshake header at DEBUG level,
 ``Authorization: Bearer <token>`` included. ``install()`` wraps the
 process's log record factory, so every record, whichever logger made it,
 has bearer credentials, JWTs and bot API keys replaced in its message
-before any filter or handler sees it.
+before any filter or handler receives it.
 """
 
 from __future__ import annotations

@@ -134,7 +134,7 @@ class RedisBackplane:
         return self._counts.snapshot()
 
     async def ping(self) -> None:
-        """Raise a RedisError unless Redis answers."""
+        """Raise a RedisError unless Redis replies to PING."""
         await self._client.ping()
 
     async def close(self) -> None:

@@ -193,7 +193,8 @@ def test_sigkill_during_posts_loses_and_doubles_nothing(backend):
                                                                    range(TOTAL)]
         assert len(set(ids)) == TOTAL
         seqs = [row[1] for row in rows]
-        assert seqs == sorted(seqs) and len(set(seqs)) == TOTAL
+        assert seqs == sorted(seqs)
+        assert len(set(seqs)) == TOTAL
 
         def settled() -> bool:
             with Session(engine) as session:

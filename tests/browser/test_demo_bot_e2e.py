@@ -40,7 +40,7 @@ def test_demo_bot_answers_with_safe_markdown(demo_app, browser):
     try:
         log_in(page, demo_app.url, "alice", DEMO_PASSWORD)
         page.wait_for_selector("#conversation-title:has-text('Welcome')", timeout=30_000)
-        # The bot holds the instance's presence while it runs.
+        # The bot is present on the instance while it runs.
         page.wait_for_selector(".member[data-name='Kilo Bot'][data-online='true']",
                                timeout=60_000)
 

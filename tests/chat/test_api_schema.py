@@ -33,9 +33,9 @@ CHECKS = [
     content_type_conformance,
     response_schema_conformance,
 ]
-"""Unknown query parameters are ignored, as in most HTTP APIs, so
-``negative_data_rejection`` is not among the checks; invalid requests are
-still generated and must get a documented 4xx error."""
+"""The API ignores unknown query parameters, so ``negative_data_rejection``
+is not among the checks. Invalid requests are still generated, and each must
+get a documented 4xx error."""
 
 
 @dataclasses.dataclass

@@ -1,4 +1,4 @@
-"""Credentials never reach a log handler, whoever logs them."""
+"""Credentials never reach a log handler, from any logger."""
 
 from __future__ import annotations
 
