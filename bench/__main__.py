@@ -41,6 +41,7 @@ class Plans:
     connections: connections.ConnectionsPlan
     churn: churn.ChurnPlan
     chat: chatpath.ChatPlan
+    backplane: backplane.BackplanePlan
     profile_seconds: float
     profile_servers: tuple[str, ...]
 
@@ -55,6 +56,8 @@ def plans_for(mode: str) -> Plans:
             ),
             churn=churn.ChurnPlan(seconds=1.5),
             chat=chatpath.ChatPlan(messages=100),
+            backplane=backplane.BackplanePlan(subscriber_counts=(1000,),
+                                              deliveries_per_burst=150_000, latency_seconds=3.0),
             profile_seconds=5.0,
             profile_servers=("kilo",),
         )
@@ -69,6 +72,8 @@ def plans_for(mode: str) -> Plans:
         churn=churn.ChurnPlan(seconds=5.0, profile_seconds=5.0),
         chat=chatpath.ChatPlan(messages=1000, push_off_databases=("sqlite",),
                                profile_seconds=10.0),
+        backplane=backplane.BackplanePlan(deliveries_per_burst=300_000, latency_seconds=10.0,
+                                          repeats=3),
         profile_seconds=10.0,
         profile_servers=("kilo", "ws"),
     )
@@ -100,14 +105,13 @@ def run(mode: str, sections: tuple[str, ...], quiet_wait: float) -> dict[str, An
         ("churn", "churn", lambda: churn.run(plans.churn, secret)),
         ("chat", "chat", lambda: chatpath.run(plans.chat)),
         ("profile", RESULT_KEYS["profile"], profile_fanout),
-        ("backplane", "backplane", backplane.run),
+        ("backplane", "backplane", lambda: backplane.run(plans.backplane, secret)),
     ]
     for section, key, measure in steps:
         if section not in sections:
             continue
-        if section != "backplane":
-            share = wait_for_quiet(quiet_wait, logger=logger)
-            results.setdefault("others_before", {})[section] = share
+        share = wait_for_quiet(quiet_wait, logger=logger)
+        results.setdefault("others_before", {})[section] = share
         try:
             results[key] = measure()
         except Exception as exc:

@@ -146,6 +146,55 @@ def _fanout_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _backplane_lines(result: dict[str, Any]) -> list[str]:
+    if not result.get("measured"):
+        note = result["note"]
+        return [note[0].upper() + note[1:] + "."]
+    rows = result["rows"]
+    alone = {row["subscribers"]: row for row in rows if row["nodes"] == 1 and "Redis" not in row["setup"]}
+    lines = [
+        f"Redis at `{result['redis_url']}`. Latency per node: node A publishes, "
+        "node B gets every event through Redis.",
+        "",
+        "| set-up | subscribers | payload | deliveries/s (range) | vs one node "
+        "| nodes' µs per delivery | CPU %: node A / node B / Redis / generators / others "
+        "/ machine | limited by | p50 ms (A / B) | p99 ms (A / B) | samples per node "
+        "| latency load (events/s) |",
+        "|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        throughput, latency = row["throughput"], row["latency"]
+        base = alone.get(row["subscribers"])
+        ratio = (throughput["deliveries_per_second"]
+                 / base["throughput"]["deliveries_per_second"]) if base else math.nan
+        rate = _number(throughput["deliveries_per_second"])
+        low, high = throughput.get("range", [math.nan, math.nan])
+        if throughput.get("repeats", 1) > 1:
+            rate += f" ({_number(low)} to {_number(high)})"
+        missing = throughput["expected"] - throughput["delivered"]
+        if missing:
+            rate += f", {missing:,} missing"
+        nodes = throughput["node_cpu_percents"]
+        cpu = " / ".join([
+            f"{nodes[0]:.0f}",
+            f"{nodes[1]:.0f}" if len(nodes) > 1 else "-",
+            f"{throughput['redis_cpu_percent']:.0f}" if "redis_cpu_percent" in throughput else "-",
+            f"{throughput['generator_cpu_percent']:.0f}",
+            f"{throughput['other_cpu_percent']:.0f}",
+            f"{throughput['machine_cpu_percent']:.0f}",
+        ])
+        per_node = latency["nodes"]
+        lines.append(
+            f"| {row['setup']} | {row['subscribers']:,} | {row['size']:,} B | {rate} "
+            f"| {_number(ratio, 2)} | {throughput['server_cpu_us_per_delivery']:.2f} | {cpu} "
+            f"| {throughput['bound_by']} "
+            f"| {' / '.join(_number(node['p50_ms'], 2) for node in per_node)} "
+            f"| {' / '.join(_number(node['p99_ms'], 2) for node in per_node)} "
+            f"| {per_node[0]['samples']} | {_number(latency['events_per_second'], 0)} |"
+        )
+    return lines
+
+
 def _connections_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| server | server compression | connections | deflate agreed | RSS before MiB "
@@ -312,8 +361,7 @@ def render(results: dict[str, Any]) -> str:
     if results.get("chat"):
         lines += ["### Chat path", "", *_chat_table(results["chat"]), ""]
     if results.get("backplane"):
-        note = results["backplane"]["note"]
-        lines += ["### Backplane", "", note[0].upper() + note[1:] + ".", ""]
+        lines += ["### Backplane", "", *_backplane_lines(results["backplane"]), ""]
 
     lines += _profile_section(results)
     for section, error in results.get("errors", {}).items():

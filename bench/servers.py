@@ -128,9 +128,10 @@ class _Publishing:
 
 
 class KiloServerAgent(_Publishing):
-    """kilo_web's event service with an in-memory backplane.
+    """kilo_web's event service with an in-memory backplane, or Redis with ``redis_url``.
 
     ``server_options`` go to ``EventServiceServer`` as keyword arguments.
+    Nodes that share ``redis_url`` and ``redis_prefix`` form one cluster.
     """
 
     def __init__(
@@ -139,20 +140,32 @@ class KiloServerAgent(_Publishing):
         secret: str,
         compression: bool = True,
         server_options: dict[str, Any] | None = None,
+        redis_url: str | None = None,
+        redis_prefix: str = "kilo-bench:",
     ) -> None:
         self._secret = secret
         self._compression = compression
         self._server_options = server_options or {}
+        self._redis_url = redis_url
+        self._redis_prefix = redis_prefix
         self.server: Any = None
 
     async def start(self) -> dict[str, Any]:
         from kilo_web.event_service import server as server_module
-        from kilo_web.event_service.backplane import InMemoryBackplane
+        from kilo_web.event_service.backplane import Backplane, InMemoryBackplane
 
+        backplane: Backplane
+        if self._redis_url is None:
+            backplane = InMemoryBackplane()
+        else:
+            from kilo_web.event_service.redis_backplane import RedisBackplane
+
+            backplane = RedisBackplane(self._redis_url, prefix=self._redis_prefix)
+            await backplane.ping()
         self.server = server_module.EventServiceServer(
             secret=self._secret,
             authorizer=PermissiveAuthorizer(),
-            backplane=InMemoryBackplane(),
+            backplane=backplane,
             port=0,
             compression="deflate" if self._compression else None,
             **self._server_options,
@@ -163,6 +176,8 @@ class KiloServerAgent(_Publishing):
     async def close(self) -> None:
         if self.server is not None:
             await self.server.close()
+            if self._redis_url is not None:
+                await self.server.backplane.close()
 
     async def _publish(self, context: str, data: dict[str, Any]) -> None:
         await self.server.publish(context, EVENT_NAME, data)

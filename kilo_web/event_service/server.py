@@ -23,7 +23,7 @@ import itertools
 import logging
 import urllib.parse
 import weakref
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
@@ -71,6 +71,23 @@ class _SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         extra = self.extra or {}
         return f"connection {extra.get('connection_id')} user {extra.get('user_id')}: {msg}", kwargs
+
+
+class _Connection(ServerConnection):
+    """A server connection that reports when its write buffer passes the high-water mark.
+
+    asyncio calls ``pause_writing`` from ``transport.write`` once the unsent
+    bytes pass the limit set with ``write_limit``. Reacting there costs
+    nothing per event, where asking every connection for its buffer size
+    before each send would.
+    """
+
+    on_overflow: Callable[[], None] | None = None
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.on_overflow is not None:
+            self.on_overflow()
 
 
 class _Session:
@@ -167,6 +184,9 @@ class EventServiceServer:
         self._lingering: dict[str, asyncio.TimerHandle] = {}
         self._leave_timer: asyncio.TimerHandle | None = None
         self._sessions: dict[int, _Session] = {}
+        # The open connections holding each context, built on the first event
+        # after the holders change, so a delivery is one call to broadcast.
+        self._rooms: dict[str, list[ServerConnection]] = {}
         # Claims verified at the handshake, until the handler takes them.
         self._claims: weakref.WeakKeyDictionary[ServerConnection, TokenClaims] = (
             weakref.WeakKeyDictionary()
@@ -201,6 +221,10 @@ class EventServiceServer:
             # handshake either, so this bounds how long its presence outlives it.
             close_timeout=self._close_timeout,
             compression=self._compression,
+            create_connection=_Connection,
+            # The transport pauses writing past this many unsent bytes, which
+            # tells the server that the client stopped reading (see _overflow).
+            write_limit=self._max_buffered,
         )
         logger.info("event service listening on %s", self.url)
 
@@ -276,9 +300,21 @@ class EventServiceServer:
         if stream is None:
             return
         _, frame = stream.append(lambda seq: protocol.encode_event(context, event, data, seq))
-        holders = self._table.holders(context)
-        if holders:
-            broadcast(self._sendable(self._sessions[i] for i in holders), frame)
+        room = self._rooms.get(context)
+        if room is None:
+            room = self._rooms[context] = self._room(context)
+        if room:
+            broadcast(room, frame)
+
+    def _room(self, context: str) -> list[ServerConnection]:
+        """List the connections that events on ``context`` go to, oldest first."""
+        sessions = (self._sessions[i] for i in sorted(self._table.holders(context)))
+        return [s.connection for s in sessions if not s.slow]
+
+    def _forget_rooms(self, contexts: Iterable[str]) -> None:
+        """Drop the cached rooms of ``contexts`` after their holders changed."""
+        for context in contexts:
+            self._rooms.pop(context, None)
 
     def _control(self, event: str, data: dict[str, Any]) -> None:
         """Act on a command from the application (see ``control``)."""
@@ -396,6 +432,8 @@ class EventServiceServer:
         bucket = TokenBucket(self._max_frames_per_second, self._frame_burst, now=loop.time())
         session = _Session(next(self._ids), connection, claims, bucket)
         self._sessions[session.id] = session
+        if isinstance(connection, _Connection):
+            connection.on_overflow = lambda: self._overflow(session)
         self._arm_expiry(session)
         session.log.info("connection opened (source %s)", claims.token_source)
         try:
@@ -410,6 +448,7 @@ class EventServiceServer:
             if not any(s.user_id == session.user_id for s in self._sessions.values()):
                 self._user_buckets.pop(session.user_id, None)
             held = list(self._table.contexts_of(session.id))
+            self._forget_rooms(held)
             self._release(session, held, self._table.drop(session.id))
             session.log.info("connection closed (code %s)", connection.close_code)
 
@@ -461,8 +500,10 @@ class EventServiceServer:
 
     def _write(self, session: _Session, frame: protocol.ServerFrame | str) -> None:
         """Queue a frame on the connection without awaiting, keeping frame order."""
+        if session.slow:
+            return
         text = frame if isinstance(frame, str) else protocol.encode(frame)
-        broadcast(self._sendable([session]), text)
+        broadcast((session.connection,), text)
 
     def _user_may_subscribe(self, session: _Session, count: int) -> bool:
         """Spend ``count`` of the user's subscribe allowance, shared by their connections."""
@@ -488,25 +529,23 @@ class EventServiceServer:
         finally:
             abort.cancel()
 
-    def _sendable(self, sessions: Iterable[_Session]) -> Iterator[ServerConnection]:
-        """Yield the connections of ``sessions`` that keep up; close those that do not.
+    def _overflow(self, session: _Session) -> None:
+        """Stop sending to a connection whose unsent bytes passed the limit, and close it.
 
         ``broadcast`` applies no backpressure: frames for a client that stops
         reading pile up in its write buffer. Past ``max_buffered_bytes`` the
         client is closed with 4008, so one slow reader costs bounded memory
         and never slows the others.
         """
-        for session in sessions:
-            if session.slow:
-                continue
-            transport = session.connection.transport
-            if transport is not None and transport.get_write_buffer_size() > self._max_buffered:
-                session.slow = True
-                session.log.warning("closing: %d bytes wait to be sent, above the limit of %d",
-                                    transport.get_write_buffer_size(), self._max_buffered)
-                self._spawn(self._close_slow(session))
-                continue
-            yield session.connection
+        if session.slow or session.id not in self._sessions:
+            return
+        session.slow = True
+        self._forget_rooms(self._table.contexts_of(session.id))
+        transport = session.connection.transport
+        session.log.warning("closing: %d bytes wait to be sent, above the limit of %d",
+                            transport.get_write_buffer_size() if transport is not None else -1,
+                            self._max_buffered)
+        self._spawn(self._close_slow(session))
 
     # Frames -----------------------------------------------------------------
 
@@ -602,6 +641,7 @@ class EventServiceServer:
 
         # From here to the last write nothing awaits, so no event slips between.
         self._table.subscribe(session.id, frame.contexts)
+        self._forget_rooms(frame.contexts)
         streams: dict[str, protocol.StreamPosition] = {}
         replays: list[str] = []
         failed: list[str] = []
@@ -653,8 +693,10 @@ class EventServiceServer:
         task.add_done_callback(done)
 
     def _unsubscribe(self, session: _Session, frame: protocol.Unsubscribe) -> None:
-        held = [c for c in frame.contexts if c in self._table.contexts_of(session.id)]
+        holding = self._table.contexts_of(session.id)
+        held = [c for c in frame.contexts if c in holding]
         stopped = self._table.unsubscribe(session.id, frame.contexts)
+        self._forget_rooms(held)
         self._release(session, held, stopped)
         self._write(session, protocol.Unsubscribed(contexts=frame.contexts))
 
@@ -726,11 +768,11 @@ class EventServiceServer:
         _, frame = stream.append(
             lambda seq: protocol.encode_event(diff.context, diff.event, {"userId": diff.user_id}, seq)
         )
-        viewers = [
-            self._sessions[i] for i in self._table.holders(diff.context)
-            if self._may_see(self._sessions[i], diff.context, diff.user_id)
-        ]
-        broadcast(self._sendable(viewers), frame)
+        sessions = (self._sessions[i] for i in sorted(self._table.holders(diff.context)))
+        broadcast([
+            s.connection for s in sessions
+            if not s.slow and self._may_see(s, diff.context, diff.user_id)
+        ], frame)
 
     def _arm_leave_timer(self) -> None:
         deadline = self._presence.next_deadline()

@@ -120,6 +120,33 @@ async def test_fan_out_to_every_connection(server):
     assert all(frame["data"] == {"n": 1} for frame in frames)
 
 
+async def test_deliveries_follow_holders_between_events(server):
+    # The server keeps the connections of each context between events; every
+    # change of holders must show in the next event's recipients.
+    async with open_socket(server, user_id="a") as first, open_socket(server, user_id="b") as second:
+        for socket in (first, second):
+            await request(socket, {"type": "context.subscribe", "contexts": [X]})
+        await server.publish(X, "test.event", {"n": 1})
+        assert [(await next_frame(s))["data"] for s in (first, second)] == [{"n": 1}] * 2
+
+        await request(second, {"type": "context.unsubscribe", "contexts": [X]})
+        await server.publish(X, "test.event", {"n": 2})
+        assert (await next_frame(first))["data"] == {"n": 2}
+
+        async with open_socket(server, user_id="c") as third:
+            await request(third, {"type": "context.subscribe", "contexts": [X]})
+            await server.publish(X, "test.event", {"n": 3})
+            assert [(await next_frame(s))["data"] for s in (first, third)] == [{"n": 3}] * 2
+        await eventually(lambda: server.connection_count("c") == 0, message="third gone")
+        await server.publish(X, "test.event", {"n": 4})
+        assert (await next_frame(first))["data"] == {"n": 4}
+
+        # Had the second connection been sent 2, 3 or 4, it would come before this.
+        await request(second, {"type": "context.subscribe", "contexts": [Y]})
+        await server.publish(Y, "test.event", {"n": 5})
+        assert (await next_frame(second))["data"] == {"n": 5}
+
+
 async def test_subscribe_twice_is_idempotent(server):
     async with open_socket(server) as socket:
         await request(socket, {"type": "context.subscribe", "contexts": [X]})
