@@ -289,6 +289,10 @@ def _wire_value(value: Any) -> Any:
     return value
 
 
+# One encoder for every frame: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode(frame: ClientFrame | ServerFrame) -> str:
     """Serialise a frame to its JSON text, dropping fields that are None."""
     fields = {
@@ -296,15 +300,13 @@ def encode(frame: ClientFrame | ServerFrame) -> str:
         for field in dataclasses.fields(frame)
         if getattr(frame, field.name) is not None
     }
-    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(fields)
 
 
 def encode_event(context: str, event: str, data: dict[str, Any], seq: int) -> str:
     """Serialise an event frame; the fast path of fan-out, same output as ``encode``."""
-    return json.dumps(
-        {"type": "event", "context": context, "event": event, "data": data, "seq": seq},
-        separators=(",", ":"),
-        ensure_ascii=False,
+    return _ENCODER.encode(
+        {"type": "event", "context": context, "event": event, "data": data, "seq": seq}
     )
 
 
