@@ -16,7 +16,12 @@ from kilo_web.chat.api import create_api
 from kilo_web.chat.database import DATABASE_UNAVAILABLE
 from kilo_web.chat.tokens import token_for
 from kilo_web.event_service.embedded import embedded_event_service
-from kilo_web.runtime import notification_service, notifications_lifespan, send_limiter
+from kilo_web.runtime import (
+    notification_service,
+    notifications_lifespan,
+    send_limiter,
+    typing_limiter,
+)
 from kilo_web.settings import get_settings
 from kilo_web.web.chat_state import ChatState
 from kilo_web.web.layout import kilo_chat_layout
@@ -64,6 +69,7 @@ app = rx.App(
         after_publish=lambda view: notification_service().after_publish(view),
         on_unread_changed=lambda summary: notification_service().on_unread_changed(summary),
         send_limiter=send_limiter(),
+        typing_limiter=typing_limiter(),
     )
 )
 # The event service starts before the shell's tabs connect to it.

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import reflex as rx
 
 from kilo_web.event_service.contexts import kiloclaw_conversation_presence_context
-from kilo_web.chat.limits import SendLimiter
+from kilo_web.chat.limits import SendLimiter, TypingLimiter
 from kilo_web.event_service.cluster_presence import ClusterPresence
 from kilo_web.event_service.embedded import (
     cluster_presence_from_settings,
@@ -65,6 +65,12 @@ def notification_service() -> NotificationService:
 def send_limiter() -> SendLimiter:
     """Return this process's per-user message limit, shared by the API and the web UI."""
     return SendLimiter.from_settings(get_settings())
+
+
+@functools.cache
+def typing_limiter() -> TypingLimiter:
+    """Return this process's typing-event limit, shared by the API and the web UI."""
+    return TypingLimiter()
 
 
 @functools.cache

@@ -3,8 +3,9 @@
 Callers authenticate with ``Authorization: Bearer <credential>``: a session
 token from ``POST /api/login`` (the web app's own login session works too),
 or a bot's API key (``kilo_bot_...``).
-Bots may read and post in their own instance; endpoints that manage
-devices, members, instances, bots or keys are for people.
+Bots may read and post in their own instance, edit and delete their own
+messages and send typing events. Endpoints that manage devices, members,
+instances, bots or keys are for people.
 
 The OpenAPI document at ``/api/openapi.json`` (built by
 ``kilo_web.chat.openapi``) describes every endpoint; ``docs/api.md`` is
@@ -30,7 +31,7 @@ from reflex_local_auth.auth_session import LocalAuthSession
 from sqlmodel import Session, select
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
 from kilo_web.accounts.users import MAX_PASSWORD_BYTES, ensure_profile
@@ -44,12 +45,13 @@ from kilo_web.chat.errors import (
     AlreadyExistsError,
     ChatError,
     InvalidApiKeyError,
+    MessageDeletedError,
     NotAllowedError,
     NotAMemberError,
     NotFoundError,
     RateLimitedError,
 )
-from kilo_web.chat.limits import SendLimiter
+from kilo_web.chat.limits import SendLimiter, TypingLimiter
 from kilo_web.event_service.control import announce_revocation
 from kilo_web.chat.service import MessageView
 from kilo_web.event_service.embedded import get_backplane
@@ -160,7 +162,7 @@ def _session(request: Request) -> Session:
     return Session(shared_engine(settings.database_url))
 
 
-Endpoint = Callable[[Request], Awaitable[JSONResponse]]
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]
 
@@ -169,7 +171,7 @@ def _endpoint(handler: Endpoint) -> Endpoint:
     """Turn ApiError and ChatError from ``handler`` into logged JSON error responses."""
 
     @functools.wraps(handler)
-    async def endpoint(request: Request) -> JSONResponse:
+    async def endpoint(request: Request) -> Response:
         try:
             _reject_nul_in_url(request)
             return await handler(request)
@@ -472,6 +474,74 @@ async def post_conversation_message(request: Request) -> JSONResponse:
     return JSONResponse({"message": _message_json(view)}, status_code=200 if view.repeated else 201)
 
 
+async def edit_conversation_message(request: Request) -> JSONResponse:
+    """``PATCH /api/conversations/{id}/messages/{message id}``: replace the content; sender only.
+
+    Body: ``{"content": "new text"}`` or ``{"content": [blocks]}``. An edit
+    counts against the same rate limit as a new message, because it fans
+    out a whole message too. Editing a deleted message gets 410.
+    """
+    conversation_id = request.path_params["conversation_id"]
+    message_id = _path_int(request, "message_id")
+    body = await _json_object(request)
+    content = body.get("content")
+    if not isinstance(content, (str, list)):
+        raise ApiError(400, "invalid_body",
+                       "send 'content' as a string or a list of blocks, got "
+                       f"{type(content).__name__}")
+    with _session(request) as session:
+        user_id = authenticate(session, request)
+        request.app.state.send_limiter.check(user_id)
+        view = await service.edit_message(
+            session,
+            conversation_id=conversation_id,
+            message_id=message_id,
+            user_id=user_id,
+            content=content,
+            publisher=get_backplane(),
+        )
+    return JSONResponse({"message": _message_json(view)})
+
+
+async def delete_conversation_message(request: Request) -> JSONResponse:
+    """``DELETE /api/conversations/{id}/messages/{message id}``: soft-delete; sender only.
+
+    Returns the message as deleted: no blocks, ``deletedAt`` set. Deleting
+    it again returns the same and publishes nothing.
+    """
+    conversation_id = request.path_params["conversation_id"]
+    message_id = _path_int(request, "message_id")
+    with _session(request) as session:
+        user_id = authenticate(session, request)
+        view = await service.delete_message(
+            session,
+            conversation_id=conversation_id,
+            message_id=message_id,
+            user_id=user_id,
+            publisher=get_backplane(),
+        )
+    return JSONResponse({"message": _message_json(view)})
+
+
+async def post_typing(request: Request) -> Response:
+    """``POST /api/conversations/{id}/typing``: tell the members the caller is typing.
+
+    Always 204 for a member. Calls closer together than the typing interval
+    for the same caller and conversation publish nothing.
+    """
+    conversation_id = request.path_params["conversation_id"]
+    with _session(request) as session:
+        user_id = authenticate(session, request)
+        await service.publish_typing(
+            session,
+            conversation_id=conversation_id,
+            user_id=user_id,
+            publisher=get_backplane(),
+            limiter=request.app.state.typing_limiter,
+        )
+    return Response(status_code=204)
+
+
 async def list_user_instances(request: Request) -> JSONResponse:
     """``GET /api/instances``: the instances the caller belongs to."""
     with _session(request) as session:
@@ -698,6 +768,8 @@ def _chat_error(exc: ChatError) -> ApiError:
         return ApiError(403, "forbidden", str(exc))
     if isinstance(exc, AlreadyExistsError):
         return ApiError(409, "conflict", str(exc))
+    if isinstance(exc, MessageDeletedError):
+        return ApiError(410, "message_deleted", str(exc))
     if isinstance(exc, RateLimitedError):
         return ApiError(429, "rate_limited", str(exc),
                         headers={"Retry-After": str(math.ceil(exc.retry_after))})
@@ -734,8 +806,13 @@ def create_api(
     after_publish: Callable[[MessageView], None] | None = None,
     on_unread_changed: Callable[[Any], Awaitable[None]] | None = None,
     send_limiter: SendLimiter | None = None,
+    typing_limiter: TypingLimiter | None = None,
 ) -> Starlette:
-    """Build the Starlette app that Reflex mounts its own routes under."""
+    """Build the Starlette app that Reflex mounts its own routes under.
+
+    Pass the process's ``send_limiter`` and ``typing_limiter`` to share them
+    with the web UI; each defaults to a new limiter of this app alone.
+    """
     api = Starlette(routes=[
         Route("/api/openapi.json", openapi_json, methods=["GET"]),
         Route("/api/login", _endpoint(log_in), methods=["POST"]),
@@ -747,6 +824,12 @@ def create_api(
         Route("/api/conversations/{conversation_id}/messages", _endpoint(list_conversation_messages),
               methods=["GET"]),
         Route("/api/conversations/{conversation_id}/messages", _endpoint(post_conversation_message),
+              methods=["POST"]),
+        Route("/api/conversations/{conversation_id}/messages/{message_id}",
+              _endpoint(edit_conversation_message), methods=["PATCH"]),
+        Route("/api/conversations/{conversation_id}/messages/{message_id}",
+              _endpoint(delete_conversation_message), methods=["DELETE"]),
+        Route("/api/conversations/{conversation_id}/typing", _endpoint(post_typing),
               methods=["POST"]),
         Route("/api/me", _endpoint(who_am_i), methods=["GET"]),
         Route("/api/instances", _endpoint(list_user_instances), methods=["GET"]),
@@ -773,4 +856,5 @@ def create_api(
     api.state.on_unread_changed = on_unread_changed
     api.state.settings = settings or get_settings()
     api.state.send_limiter = send_limiter or SendLimiter.from_settings(api.state.settings)
+    api.state.typing_limiter = typing_limiter or TypingLimiter()
     return api

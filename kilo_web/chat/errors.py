@@ -70,6 +70,10 @@ class ConversationNotFoundError(NotFoundError):
     """Raised when no conversation matches the given id."""
 
 
+class MessageNotFoundError(NotFoundError):
+    """Raised when no message with the given id belongs to the given conversation."""
+
+
 # Conflicts and permissions
 
 
@@ -83,6 +87,14 @@ class NotAMemberError(ChatError, PermissionError):
 
 class NotAllowedError(ChatError, PermissionError):
     """Raised when a member may not do this: manage an instance's bots, say, without owning it."""
+
+
+class NotMessageSenderError(NotAllowedError):
+    """Raised when a user edits or deletes a message that someone else sent."""
+
+
+class MessageDeletedError(ChatError):
+    """Raised when a user edits a message that was deleted."""
 
 
 # Credentials

@@ -1,8 +1,11 @@
-"""Per-user limits on posting messages, over HTTP and from the web UI alike.
+"""Per-user limits on posting messages and on typing events.
 
-Each user has a token bucket: ``per_minute`` messages a minute on average,
-with bursts of ``burst``. The buckets live in the process, so with several
-workers each worker counts on its own.
+Posting, over HTTP and from the web UI alike: each user has a token bucket,
+``per_minute`` messages a minute on average, with bursts of ``burst``.
+Typing: at most one ``typing`` event per user and conversation every
+``TYPING_INTERVAL_SECONDS``; the callers drop the rest without an error.
+Both keep their state in the process, so with several workers each worker
+counts on its own.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ from kilo_web.settings import Settings
 logger = logging.getLogger(__name__)
 
 PRUNE_ABOVE = 10_000
-"""Number of buckets above which full (idle) buckets are forgotten."""
+"""Number of buckets (or typing entries) above which idle ones are forgotten."""
+
+TYPING_INTERVAL_SECONDS = 2.0
+"""Shortest time between two published typing events of one user in one conversation."""
 
 
 class SendLimiter:
@@ -61,3 +67,43 @@ class SendLimiter:
         for user_id, bucket in list(self._buckets.items()):
             if bucket.is_full(now=now):
                 del self._buckets[user_id]
+
+
+class TypingLimiter:
+    """Decide whether a typing event of a user in a conversation is published now.
+
+    Typing events carry no more than "still typing", so a call within
+    ``interval_seconds`` of the last allowed one for the same pair adds
+    nothing and is turned down without an error.
+    """
+
+    def __init__(
+        self,
+        *,
+        interval_seconds: float = TYPING_INTERVAL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not interval_seconds > 0:
+            raise ValueError(
+                f"interval_seconds must be above 0, got {interval_seconds!r}"
+            )
+        self.interval_seconds = interval_seconds
+        self._clock = clock
+        self._last_allowed: dict[tuple[int, str], float] = {}
+
+    def allow(self, user_id: int, conversation_id: str) -> bool:
+        """Return True and note the time if the pair may publish now, else False."""
+        now = self._clock()
+        key = (user_id, conversation_id)
+        last = self._last_allowed.get(key)
+        if last is not None and now - last < self.interval_seconds:
+            return False
+        if last is None and len(self._last_allowed) >= PRUNE_ABOVE:
+            self._prune(now)
+        self._last_allowed[key] = now
+        return True
+
+    def _prune(self, now: float) -> None:
+        for key, last in list(self._last_allowed.items()):
+            if now - last >= self.interval_seconds:
+                del self._last_allowed[key]

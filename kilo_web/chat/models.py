@@ -195,7 +195,11 @@ class ConversationMember(SQLModel, table=True):
 
 
 class Message(SQLModel, table=True):
-    """One message: its position in the conversation, its sender and its content blocks."""
+    """One message: its position in the conversation, its sender and its content blocks.
+
+    Deleting a message is a soft delete: ``deleted_at`` is set and ``content``
+    is emptied, while the row, its ``seq`` and its read-state accounting stay.
+    """
 
     __tablename__ = "message"
     __table_args__ = (
@@ -222,6 +226,12 @@ class Message(SQLModel, table=True):
     created_at: datetime.datetime = Field(
         default_factory=utc_now, sa_type=UTCDateTime, nullable=False
     )
+    edited_at: datetime.datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+    """When the sender last changed the content; None for a message never edited."""
+    deleted_at: datetime.datetime | None = Field(
+        default=None, sa_type=UTCDateTime, nullable=True
+    )
+    """When the sender deleted the message; None while it is not deleted."""
 
 
 class ConversationReadState(SQLModel, table=True):

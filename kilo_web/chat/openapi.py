@@ -13,6 +13,7 @@ import functools
 from typing import Any
 
 from kilo_web.chat.content import BLOCK_TYPES, MAX_BLOCKS
+from kilo_web.chat.limits import TYPING_INTERVAL_SECONDS
 from kilo_web.chat.models import (
     CLIENT_MESSAGE_ID_MAX_LENGTH,
     DISPLAY_NAME_MAX_LENGTH,
@@ -28,7 +29,8 @@ _ERROR_TEXT = {
     403: "The caller may not do this (not a member, not the owner, or a bot).",
     404: "No such resource, or none the caller may see.",
     409: "A resource with the same unique name or id already exists.",
-    429: "Too many messages; the Retry-After header says when to send again.",
+    410: "The message was deleted and cannot be edited.",
+    429: "Too many messages or edits; the Retry-After header says when to send again.",
     503: "The database is unavailable; nothing was changed, so send the request again.",
 }
 
@@ -56,15 +58,17 @@ def _json(schema: Schema, description: str) -> dict[str, Any]:
 def _operation(
     summary: str,
     *,
-    ok: dict[int, tuple[Schema, str]],
+    ok: dict[int, tuple[Schema | None, str]],
     errors: tuple[int, ...],
     body: Schema | None = None,
     body_required: bool = True,
     parameters: list[Schema] | None = None,
     public: bool = False,
 ) -> dict[str, Any]:
+    # A success without a schema has no body (204).
     responses: dict[str, Any] = {
-        str(status): _json(schema, text) for status, (schema, text) in ok.items()
+        str(status): _json(schema, text) if schema is not None else {"description": text}
+        for status, (schema, text) in ok.items()
     }
     # Any request may be malformed (a NUL in a parameter, say) or meet a
     # database outage, and any but this document's needs credentials.
@@ -97,6 +101,8 @@ _INT = {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}
 _CONVERSATION_ID = _path("conversation_id", {"type": "string"}, "The conversation's id.")
 _INSTANCE_ID = _path("instance_id", {"type": "string"}, "The instance's id.")
 _BOT_ID = _path("bot_id", _INT, "The bot's user id.")
+_MESSAGE_ID = _path("message_id", _INT, "The message's id.")
+_TIMESTAMP = {"type": "string", "format": "date-time"}
 
 _SCHEMAS: dict[str, Schema] = {
     "Error": _object({
@@ -157,9 +163,21 @@ _SCHEMAS: dict[str, Schema] = {
         "senderId": {"type": "integer"},
         "senderDisplayName": {"type": "string"},
         "senderIsBot": {"type": "boolean"},
-        "blocks": {"type": "array", "items": _ref("Block")},
-        "createdAt": {"type": "string", "format": "date-time"},
+        "blocks": {"type": "array", "items": _ref("Block"),
+                   "description": "Empty for a deleted message."},
+        "createdAt": _TIMESTAMP,
         "clientMessageId": _nullable({"type": "string"}),
+        "editedAt": _nullable(_TIMESTAMP),
+        "deletedAt": _nullable(_TIMESTAMP),
+    }),
+    "MessageEdit": _object({
+        "content": {
+            "anyOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "array", "items": _ref("Block"), "minItems": 1, "maxItems": MAX_BLOCKS},
+            ],
+            "description": "The new text, or the new content blocks.",
+        },
     }),
     "NewMessage": {
         "type": "object",
@@ -363,6 +381,32 @@ def _paths() -> dict[str, Any]:
                 errors=(400, 403, 404, 429),
             ),
         },
+        "/api/conversations/{conversation_id}/messages/{message_id}": {
+            "patch": _operation(
+                "Replace a message's content; its sender only. Counts against the message "
+                "rate limit.",
+                parameters=[_CONVERSATION_ID, _MESSAGE_ID],
+                body=_ref("MessageEdit"),
+                ok={200: (message_body, "The edited message; it was published as "
+                                        "message.updated unless the content was unchanged.")},
+                errors=(400, 403, 404, 410, 429),
+            ),
+            "delete": _operation(
+                "Delete a message (soft delete: it stays in the history without content); "
+                "its sender only. Deleting again is not an error.",
+                parameters=[_CONVERSATION_ID, _MESSAGE_ID],
+                ok={200: (message_body, "The message as deleted.")},
+                errors=(400, 403, 404),
+            ),
+        },
+        "/api/conversations/{conversation_id}/typing": {"post": _operation(
+            "Tell the conversation's members that the caller is typing; members only. "
+            f"Calls within {TYPING_INTERVAL_SECONDS:g} seconds of the last published one are "
+            "dropped without an error.",
+            parameters=[_CONVERSATION_ID],
+            ok={204: (None, "Accepted; no body.")},
+            errors=(400, 403, 404),
+        )},
         "/api/conversations/{conversation_id}/read": {"post": _operation(
             "Mark the conversation read up to upToSeq, or to the newest message.",
             parameters=[_CONVERSATION_ID],

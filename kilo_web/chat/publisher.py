@@ -12,6 +12,15 @@ from typing import Any, Protocol, runtime_checkable
 MESSAGE_CREATED_EVENT = "message.created"
 """Event name published to a conversation's context after a message is committed."""
 
+MESSAGE_UPDATED_EVENT = "message.updated"
+"""Event name published to a conversation's context after the sender edited a message."""
+
+MESSAGE_DELETED_EVENT = "message.deleted"
+"""Event name published to a conversation's context after the sender deleted a message."""
+
+TYPING_EVENT = "typing"
+"""Event name published to a conversation's context while a member types; nothing is stored."""
+
 CONVERSATION_ADDED_EVENT = "conversation.added"
 """Event name published to a user's context when they join a conversation."""
 

@@ -4,12 +4,19 @@ Every function takes a ``sqlmodel.Session`` (``rx.session()`` in the Reflex
 app) and refers to users by ``UserProfile.id``. Functions that write commit
 their own transaction before they return, and roll it back on failure.
 
-``post_message`` is the one coroutine: after the message is committed it
-publishes ``message.created`` to the conversation's context through a
-``Publisher``. A failed publish is logged and never undoes the message.
+The coroutines publish to the conversation's context through a
+``Publisher`` once their write is committed: ``post_message`` publishes
+``message.created``, ``edit_message`` ``message.updated`` and
+``delete_message`` ``message.deleted``. A failed publish is logged and never
+undoes the write. ``publish_typing`` writes nothing and only publishes the
+ephemeral ``typing`` event.
 
-NOTE: the database calls are synchronous, so inside ``post_message`` they
-block the event loop for the duration of the insert and commit.
+Editing, deleting and typing never touch read positions, unread counts or
+badges, and never start a push: only ``post_message`` calls the
+``after_publish`` hook of the notifications service.
+
+NOTE: the database calls are synchronous, so inside the coroutines they
+block the event loop for the duration of the write and commit.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from kilo_web.chat.content import validate_blocks
+from kilo_web.chat.content import text_blocks, validate_blocks
 from kilo_web.chat.errors import (
     AlreadyExistsError,
     ConversationNotFoundError,
@@ -33,9 +40,13 @@ from kilo_web.chat.errors import (
     InvalidIdError,
     InvalidLimitError,
     InvalidNameError,
+    MessageDeletedError,
+    MessageNotFoundError,
     NotAMemberError,
+    NotMessageSenderError,
     UserNotFoundError,
 )
+from kilo_web.chat.limits import TypingLimiter
 from kilo_web.chat.models import (
     CLIENT_MESSAGE_ID_MAX_LENGTH,
     ID_MAX_LENGTH,
@@ -50,7 +61,14 @@ from kilo_web.chat.models import (
     UserProfile,
     utc_now,
 )
-from kilo_web.chat.publisher import CONVERSATION_ADDED_EVENT, MESSAGE_CREATED_EVENT, Publisher
+from kilo_web.chat.publisher import (
+    CONVERSATION_ADDED_EVENT,
+    MESSAGE_CREATED_EVENT,
+    MESSAGE_DELETED_EVENT,
+    MESSAGE_UPDATED_EVENT,
+    TYPING_EVENT,
+    Publisher,
+)
 from kilo_web.event_service.contexts import kiloclaw_conversation_context, user_context
 
 logger = logging.getLogger(__name__)
@@ -63,6 +81,13 @@ MAX_PAGE_SIZE = 200
 
 _ID_PATTERN = re.compile(rf"[A-Za-z0-9-]{{1,{ID_MAX_LENGTH}}}")
 _CLIENT_MESSAGE_ID = re.compile(rf"[A-Za-z0-9_.:-]{{1,{CLIENT_MESSAGE_ID_MAX_LENGTH}}}")
+
+_MAX_MESSAGE_ID = 2**31 - 1
+"""Largest message id: the range of the ``integer`` primary key on PostgreSQL."""
+
+
+def _isoformat(value: datetime.datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -81,9 +106,18 @@ class MessageView:
     client_message_id: str | None = None
     repeated: bool = False
     """True when ``post_message`` returned a message stored earlier under the same client id."""
+    edited_at: datetime.datetime | None = None
+    """When the sender last edited the message; None for a message never edited."""
+    deleted_at: datetime.datetime | None = None
+    """When the sender deleted the message; None while it is not deleted. A deleted
+    message has no blocks."""
+
+    @property
+    def is_deleted(self) -> bool:
+        return self.deleted_at is not None
 
     def to_event_data(self) -> dict[str, Any]:
-        """Return the JSON payload of the ``message.created`` event."""
+        """Return the JSON payload of ``message.created`` and ``message.updated``."""
         return {
             "messageId": self.id,
             "conversationId": self.conversation_id,
@@ -95,6 +129,19 @@ class MessageView:
             "blocks": [dict(block) for block in self.blocks],
             "createdAt": self.created_at.isoformat(),
             "clientMessageId": self.client_message_id,
+            "editedAt": _isoformat(self.edited_at),
+            "deletedAt": _isoformat(self.deleted_at),
+        }
+
+    def to_deleted_event_data(self) -> dict[str, Any]:
+        """Return the JSON payload of ``message.deleted``."""
+        return {
+            "id": self.id,
+            "messageId": self.id,
+            "conversationId": self.conversation_id,
+            "instanceId": self.instance_id,
+            "seq": self.seq,
+            "deletedAt": _isoformat(self.deleted_at),
         }
 
 
@@ -477,6 +524,8 @@ def _message_view(message: Message, instance_id: str, display_name: str, is_bot:
         blocks=tuple(message.content),
         created_at=message.created_at,
         client_message_id=message.client_message_id,
+        edited_at=message.edited_at,
+        deleted_at=message.deleted_at,
     )
 
 
@@ -603,25 +652,32 @@ async def post_message(
         if existing is None:
             raise
         return _repeated(existing, conversation_id)
-    try:
-        context = kiloclaw_conversation_context(view.instance_id, view.conversation_id)
-        await publisher.publish(context, MESSAGE_CREATED_EVENT, view.to_event_data())
-    except Exception:
-        # Any publisher failure is caught: the write has succeeded and must be
-        # reported as such; cancellation (BaseException) still propagates.
-        logger.exception(
-            "failed to publish %s for message %s in conversation %s of instance %s",
-            MESSAGE_CREATED_EVENT,
-            view.id,
-            view.conversation_id,
-            view.instance_id,
-        )
+    await _publish_committed(publisher, view, MESSAGE_CREATED_EVENT, view.to_event_data())
     if after_publish is not None:
         try:
             after_publish(view)
         except Exception:
             logger.exception("after-publish hook failed for message %s", view.id)
     return view
+
+
+async def _publish_committed(
+    publisher: Publisher, view: MessageView, event: str, data: dict[str, Any]
+) -> None:
+    """Publish ``event`` about a committed change of ``view`` to its conversation's context."""
+    try:
+        context = kiloclaw_conversation_context(view.instance_id, view.conversation_id)
+        await publisher.publish(context, event, data)
+    except Exception:
+        # Any publisher failure is caught: the write has succeeded and must be
+        # reported as such; cancellation (BaseException) still propagates.
+        logger.exception(
+            "failed to publish %s for message %s in conversation %s of instance %s",
+            event,
+            view.id,
+            view.conversation_id,
+            view.instance_id,
+        )
 
 
 def _repeated(existing: MessageView, conversation_id: str) -> MessageView:
@@ -679,3 +735,218 @@ def list_messages(
         _message_view(message, conversation.instance_id, display_name, is_bot)
         for message, display_name, is_bot in rows
     ]
+
+
+# Edits, deletes and typing
+
+
+def get_message(
+    session: Session, *, conversation_id: str, message_id: int, viewer_id: int | None = None
+) -> MessageView:
+    """Return one message of a conversation; a deleted one comes without blocks.
+
+    With ``viewer_id``, raises NotAMemberError unless that user is a member.
+    Raises ConversationNotFoundError, InvalidIdError for a message id that is
+    not an integer, and MessageNotFoundError when the conversation has no
+    such message.
+    """
+    conversation = get_conversation(session, conversation_id)
+    if viewer_id is not None:
+        require_conversation_member(session, conversation_id, viewer_id)
+    message = _find_message(session, conversation_id, message_id)
+    sender = get_user(session, message.sender_id)
+    return _message_view(message, conversation.instance_id, sender.display_name, sender.is_bot)
+
+
+def _find_message(session: Session, conversation_id: str, message_id: int) -> Message:
+    if isinstance(message_id, bool) or not isinstance(message_id, int):
+        raise InvalidIdError(
+            f"message id must be an integer, got {type(message_id).__name__} {message_id!r}"
+        )
+    message = None
+    # No stored id lies outside this range, and PostgreSQL rejects such a value in a query.
+    if 1 <= message_id <= _MAX_MESSAGE_ID:
+        message = session.get(Message, message_id, populate_existing=True)
+    if message is None or message.conversation_id != conversation_id:
+        raise MessageNotFoundError(
+            f"message {message_id} not found in conversation {conversation_id!r}"
+        )
+    return message
+
+
+def _own_message(
+    session: Session, *, conversation_id: str, message_id: int, user_id: int, action: str
+) -> MessageView:
+    """Return a message that ``user_id`` sent, checking membership first."""
+    get_conversation(session, conversation_id)
+    require_conversation_member(session, conversation_id, user_id)
+    view = get_message(session, conversation_id=conversation_id, message_id=message_id)
+    if view.sender_id != user_id:
+        raise NotMessageSenderError(
+            f"message {message_id} was sent by user {view.sender_id}; only its sender may "
+            f"{action} it"
+        )
+    return view
+
+
+def _deleted_error(view: MessageView) -> MessageDeletedError:
+    return MessageDeletedError(
+        f"message {view.id} was deleted at {_isoformat(view.deleted_at)} and cannot be edited; "
+        "send a new message instead"
+    )
+
+
+def _apply_update(session: Session, statement: sa.Update) -> int:
+    """Execute a conditional update of one message row, commit, and return the rows changed."""
+    try:
+        # The caller re-reads the row after the commit, so the ORM need not
+        # synchronise objects already in the session.
+        result = session.exec(statement.execution_options(synchronize_session=False))
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return result.rowcount
+
+
+async def edit_message(
+    session: Session,
+    *,
+    conversation_id: str,
+    message_id: int,
+    user_id: int,
+    content: str | Sequence[dict[str, Any]],
+    publisher: Publisher,
+) -> MessageView:
+    """Replace the content of a message, commit, then publish ``message.updated``.
+
+    ``content`` is a list of blocks, validated as in ``post_message``, or a
+    string that becomes one text block. The event carries the whole message
+    as ``message.created`` does, with ``editedAt`` set. Content equal to the
+    stored content changes nothing and publishes nothing.
+
+    Raises an InvalidContentError subclass for bad ``content``,
+    ConversationNotFoundError, NotAMemberError, InvalidIdError,
+    MessageNotFoundError, NotMessageSenderError when ``user_id`` did not send
+    the message, and MessageDeletedError when it was deleted, all before
+    anything is written. A publish failure is logged and swallowed, as in
+    ``post_message``.
+    """
+    blocks = validate_blocks(text_blocks(content) if isinstance(content, str) else content)
+    view = _own_message(
+        session, conversation_id=conversation_id, message_id=message_id, user_id=user_id,
+        action="edit",
+    )
+    if view.is_deleted:
+        raise _deleted_error(view)
+    if list(view.blocks) == blocks:
+        return view
+
+    edited_at = utc_now()
+    # The conditions make the update lose to a delete, and to an edit with a
+    # later timestamp, that committed after the read above. So the stored
+    # content is always that of the newest editedAt a client has been sent.
+    changed = _apply_update(
+        session,
+        sa.update(Message)
+        .where(
+            Message.id == view.id,
+            Message.deleted_at.is_(None),
+            sa.or_(Message.edited_at.is_(None), Message.edited_at < edited_at),
+        )
+        .values(content=blocks, edited_at=edited_at),
+    )
+    view = get_message(session, conversation_id=conversation_id, message_id=view.id)
+    if not changed:
+        if view.is_deleted:
+            raise _deleted_error(view)
+        logger.info("edit of message %s by user %s lost to a newer edit", view.id, user_id)
+        return view
+
+    logger.info("user %s edited message %s in conversation %s", user_id, view.id, conversation_id)
+    await _publish_committed(publisher, view, MESSAGE_UPDATED_EVENT, view.to_event_data())
+    return view
+
+
+async def delete_message(
+    session: Session,
+    *,
+    conversation_id: str,
+    message_id: int,
+    user_id: int,
+    publisher: Publisher,
+) -> MessageView:
+    """Soft-delete a message, commit, then publish ``message.deleted``; return it as deleted.
+
+    The row stays with its ``seq``, but its content is emptied, so history
+    and paging return it with ``deleted_at`` set and no blocks. Deleting a
+    message that is already deleted returns it and publishes nothing.
+
+    Raises ConversationNotFoundError, NotAMemberError, InvalidIdError,
+    MessageNotFoundError, or NotMessageSenderError when ``user_id`` did not
+    send the message, all before anything is written. A publish failure is
+    logged and swallowed, as in ``post_message``.
+    """
+    view = _own_message(
+        session, conversation_id=conversation_id, message_id=message_id, user_id=user_id,
+        action="delete",
+    )
+    if view.is_deleted:
+        return view
+
+    changed = _apply_update(
+        session,
+        sa.update(Message)
+        .where(Message.id == view.id, Message.deleted_at.is_(None))
+        .values(content=[], deleted_at=utc_now()),
+    )
+    view = get_message(session, conversation_id=conversation_id, message_id=view.id)
+    if not changed:
+        return view  # A concurrent delete committed first and published.
+
+    logger.info("user %s deleted message %s in conversation %s", user_id, view.id, conversation_id)
+    await _publish_committed(publisher, view, MESSAGE_DELETED_EVENT, view.to_deleted_event_data())
+    return view
+
+
+async def publish_typing(
+    session: Session,
+    *,
+    conversation_id: str,
+    user_id: int,
+    publisher: Publisher,
+    limiter: TypingLimiter | None = None,
+) -> bool:
+    """Publish the ephemeral ``typing`` event of ``user_id`` to a conversation's context.
+
+    Writes nothing to the database. With ``limiter``, a call that comes
+    sooner than the limiter's interval after the last published one for the
+    same user and conversation publishes nothing. Returns True when the
+    event was published.
+
+    Raises ConversationNotFoundError, UserNotFoundError or NotAMemberError. A
+    publish failure is logged and swallowed, because a lost typing event
+    only hides an indicator for a moment.
+    """
+    conversation = get_conversation(session, conversation_id)
+    profile = get_user(session, user_id)
+    require_conversation_member(session, conversation_id, user_id)
+    if limiter is not None and not limiter.allow(user_id, conversation_id):
+        return False
+
+    data = {
+        "conversationId": conversation_id,
+        "userId": user_id,
+        "displayName": profile.display_name,
+    }
+    # The event service sends typing without a seq and keeps it in no
+    # stream (protocol.EPHEMERAL_EVENTS), so it is never replayed.
+    context = kiloclaw_conversation_context(conversation.instance_id, conversation_id)
+    try:
+        await publisher.publish(context, TYPING_EVENT, data)
+    except Exception:
+        # Any publisher failure is caught, for the reason in the docstring.
+        logger.warning("failed to publish %s of user %s in conversation %s",
+                       TYPING_EVENT, user_id, conversation_id, exc_info=True)
+        return False
+    return True

@@ -21,6 +21,13 @@ PROTOCOL_VERSION = 1
 MAX_CONTEXTS_PER_FRAME = 100
 """Most contexts one subscribe or unsubscribe frame may name."""
 
+EPHEMERAL_EVENTS = frozenset({"typing"})
+"""Events that are sent without a ``seq`` and kept in no stream, so never replayed.
+
+They matter only at the moment they happen (someone is typing), and a
+client that missed one has lost nothing.
+"""
+
 
 class ErrorCode(str, enum.Enum):
     """Codes of the ``error`` frames the server sends for a rejected frame."""
@@ -308,6 +315,11 @@ def encode_event(context: str, event: str, data: dict[str, Any], seq: int) -> st
     return _ENCODER.encode(
         {"type": "event", "context": context, "event": event, "data": data, "seq": seq}
     )
+
+
+def encode_ephemeral(context: str, event: str, data: dict[str, Any]) -> str:
+    """Serialise an event frame without ``seq``, for ``EPHEMERAL_EVENTS``."""
+    return _ENCODER.encode({"type": "event", "context": context, "event": event, "data": data})
 
 
 def error_frame(error: ProtocolError) -> Error:

@@ -299,7 +299,10 @@ class EventServiceServer:
         stream = self._streams.get(context)
         if stream is None:
             return
-        _, frame = stream.append(lambda seq: protocol.encode_event(context, event, data, seq))
+        if event in protocol.EPHEMERAL_EVENTS:
+            frame = protocol.encode_ephemeral(context, event, data)
+        else:
+            _, frame = stream.append(lambda seq: protocol.encode_event(context, event, data, seq))
         room = self._rooms.get(context)
         if room is None:
             room = self._rooms[context] = self._room(context)

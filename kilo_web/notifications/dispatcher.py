@@ -17,6 +17,10 @@
    ``max_attempts`` sends with exponential backoff; after that the record
    stays pending and ``resend_pending`` retries it after a restart.
 
+A message deleted before its push went out is claimed and counted all
+the same, because it stays unread until read, but its recipients get a
+count-only push with the badge number instead of its title and preview.
+
 Running the whole dispatch again is safe at any point: claimed pairs are
 never counted twice, delivered pairs are not sent again, and a pending
 pair whose message was read in the meantime is finished as skipped.
@@ -72,6 +76,8 @@ class MessageContext:
     body: str
     sender_is_bot: bool
     recipients: tuple[int, ...]
+    deleted: bool = False
+    """True when the sender deleted the message; its push then shows no text."""
 
     def push_data(self) -> dict[str, Any]:
         """Return the ``data`` object of the message's pushes."""
@@ -119,6 +125,7 @@ def load_message_context(session: Session, message_id: int) -> MessageContext | 
             Message.sender_id,
             Message.content,
             Message.created_at,
+            Message.deleted_at,
             Conversation.title,
             Conversation.instance_id,
             Instance.label,
@@ -159,6 +166,7 @@ def load_message_context(session: Session, message_id: int) -> MessageContext | 
         body=message_preview(row.content),
         sender_is_bot=row.is_bot,
         recipients=tuple(recipients),
+        deleted=row.deleted_at is not None,
     )
 
 
@@ -353,17 +361,26 @@ class PushDispatcher:
             accounting.note_send_attempt(session, claim.delivery_id, self._clock.now())
 
         assert claim.badge is not None
-        notifications = tuple(
-            PushNotification(
-                device=device,
-                badge=claim.badge,
-                title=context.title,
-                body=context.body,
-                data=context.push_data(),
-                topic=f"m{facts.message_id}",
+        if context.deleted:
+            # The message still counts as unread, so the badge number goes out,
+            # but none of its deleted text.
+            notifications = tuple(
+                PushNotification(device=device, badge=claim.badge,
+                                 data={"type": BADGE_PUSH_TYPE}, topic=BADGE_TOPIC)
+                for device in devices
             )
-            for device in devices
-        )
+        else:
+            notifications = tuple(
+                PushNotification(
+                    device=device,
+                    badge=claim.badge,
+                    title=context.title,
+                    body=context.body,
+                    data=context.push_data(),
+                    topic=f"m{facts.message_id}",
+                )
+                for device in devices
+            )
         return _Job(recipient_id=recipient_id, claim=claim, notifications=notifications)
 
     def _sendable(self, devices: list[DeviceView]) -> list[DeviceView]:

@@ -76,6 +76,8 @@ async def test_post_message_publishes_created_event(session, people, conversatio
         "blocks": [{"type": "text", "text": "hello"}],
         "createdAt": view.created_at.isoformat(),
         "clientMessageId": None,
+        "editedAt": None,
+        "deletedAt": None,
     }
 
 

@@ -147,3 +147,34 @@ async def test_bad_since_is_invalid_frame(server, since):
     assert reply["type"] == "error"
     assert reply["code"] == "invalid_frame"
     assert server.contexts() == []
+
+
+async def test_typing_is_sent_without_seq_and_never_replayed(server):
+    client = await start_client(server)
+    inbox = Inbox()
+    client.on("test.event", inbox)
+    client.on("typing", inbox)
+    try:
+        await client.subscribe([X])
+        await eventually(lambda: X in server.contexts(), message="subscribed")
+        await server.publish(X, "test.event", {"n": 1})
+        await server.publish(X, "typing", {"n": 2})
+        await server.publish(X, "test.event", {"n": 3})
+        await inbox.wait_for_count(3)
+        assert [(e.event, e.seq) for e in inbox.events] == [
+            ("test.event", 1), ("typing", None), ("test.event", 2),
+        ]
+
+        before = client.connect_count
+        await server.disconnect("u1")
+        await server.publish(X, "typing", {"n": 4})
+        await server.publish(X, "test.event", {"n": 5})
+        await eventually(lambda: client.connect_count > before, message="reconnect")
+        await server.publish(X, "test.event", {"n": 6})
+        await inbox.wait_for_count(5)
+        # The missed message is replayed; the missed typing is not.
+        assert [(e.event, e.data["n"], e.seq) for e in inbox.events[3:]] == [
+            ("test.event", 5, 3), ("test.event", 6, 4),
+        ]
+    finally:
+        await client.close()
