@@ -44,7 +44,13 @@ from kilo_web.bots import replies
 from kilo_web.bots.api_client import ApiError, ApiUnavailableError, BotIdentity, ChatApiClient
 from kilo_web.bots.keys import KeyFileError, read_api_key
 from kilo_web.event_service import protocol
-from kilo_web.event_service.client import RECOVERY_FAILED, SUBSCRIBED, EventServiceClient, backoff_delay
+from kilo_web.event_service.client import (
+    RECOVERY_FAILED,
+    SUBSCRIBED,
+    CredentialsRejected,
+    EventServiceClient,
+    backoff_delay,
+)
 from kilo_web.event_service.contexts import (
     kiloclaw_conversation_context,
     kiloclaw_instance_presence_context,
@@ -203,13 +209,14 @@ class DemoBot:
 
     async def _fetch_token(self) -> str:
         # The SDK calls this for every connect and before each token expires,
-        # and retries with backoff when it raises.
+        # and retries with backoff when it raises anything but CredentialsRejected.
         try:
             return await self.api.token()
         except ApiError as exc:
             if exc.status in (401, 403):
                 logger.error("the API rejected the bot's token request, so the bot stops: %s", exc)
                 self._stop(exc)
+                raise CredentialsRejected(str(exc)) from exc
             raise
 
     async def _unless_fatal(self, awaitable: Awaitable[None]) -> None:

@@ -3,7 +3,7 @@
 from kilo_web.event_service import redact
 
 from kilo_web.event_service.backplane import Backplane, InMemoryBackplane, Publisher
-from kilo_web.event_service.client import EventServiceClient
+from kilo_web.event_service.client import CredentialsRejected, EventServiceClient
 from kilo_web.event_service.contexts import (
     kiloclaw_conversation_context,
     kiloclaw_conversation_presence_context,
@@ -20,6 +20,7 @@ redact.install()
 
 __all__ = [
     "Backplane",
+    "CredentialsRejected",
     "Event",
     "EventServiceClient",
     "EventServiceServer",

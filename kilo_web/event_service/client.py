@@ -50,6 +50,8 @@ StateHandler = Callable[[str], Awaitable[None] | None]
 
 CONNECTED = "connected"
 DISCONNECTED = "disconnected"
+FAILED = "failed"
+"""State of a client that stopped because the token source raised ``CredentialsRejected``."""
 RECOVERY_FAILED = "context.recovery_failed"
 """Local event dispatched when missed events of a context could not be replayed."""
 SUBSCRIBED = "context.subscribed"
@@ -60,6 +62,19 @@ true when the events missed while disconnected were replayed. When it is
 false, anything published before the subscription is not coming; a
 consumer that shows a history should reload it from its source.
 """
+
+
+class CredentialsRejected(Exception):
+    """Raised by a token source whose credentials will not work again, such as a revoked key.
+
+    The client stops instead of retrying: ``connect()`` and
+    ``wait_connected()`` raise it, and state handlers get ``"failed"``.
+    Any other exception from the token source is retried with backoff.
+    """
+
+
+class _TokenFetchFailed(Exception):
+    """Wraps an exception of the token source, so the loop can log it in one line."""
 
 
 def token_expiry(token: str) -> float | None:
@@ -159,6 +174,8 @@ class EventServiceClient:
         self._task: asyncio.Task[None] | None = None
         self._opened = asyncio.Event()
         self._closing = False
+        self._failure: CredentialsRejected | None = None
+        self._failed = asyncio.Event()
         self.connect_count = 0
         """How many times a socket was opened; tests and status pages read it."""
 
@@ -186,13 +203,28 @@ class EventServiceClient:
 
         The loop reconnects with exponential backoff and full jitter until
         ``close()``. Cancelling this call stops only the wait, not the loop.
-        Raises RuntimeError after ``close()``.
+        Raises CredentialsRejected when the token source raised it, and
+        RuntimeError after ``close()``.
         """
+        if self._failure is not None:
+            raise self._failure
         if self._closing:
             raise RuntimeError(f"client {self.name} is closed; create a new one")
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"event-service {self.name}")
-        await self._opened.wait()
+        await self._wait_open()
+
+    async def _wait_open(self) -> None:
+        """Wait until the socket is open, or raise the failure that stopped the client."""
+        waiters = [asyncio.ensure_future(self._opened.wait()),
+                   asyncio.ensure_future(self._failed.wait())]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        if self._failure is not None:
+            raise self._failure
 
     async def close(self) -> None:
         """Close the socket and stop reconnecting. Safe to call more than once."""
@@ -213,9 +245,12 @@ class EventServiceClient:
             await asyncio.gather(task, return_exceptions=True)
 
     async def wait_connected(self, timeout: float | None = None) -> None:
-        """Wait until the socket is open; raise TimeoutError after ``timeout`` seconds."""
+        """Wait until the socket is open; raise TimeoutError after ``timeout`` seconds.
+
+        Raises CredentialsRejected when the token source raised it.
+        """
         async with asyncio.timeout(timeout):
-            await self._opened.wait()
+            await self._wait_open()
 
     # Subscriptions ----------------------------------------------------------
 
@@ -300,7 +335,7 @@ class EventServiceClient:
         while not self._closing:
             opened_at: float | None = None
             try:
-                token = await self._get_token()
+                token = await self._fetch_token()
                 async with ws_connect(
                     self.url,
                     additional_headers={"Authorization": f"Bearer {token}"},
@@ -312,6 +347,15 @@ class EventServiceClient:
                     await self._read(socket)
             except asyncio.CancelledError:
                 raise
+            except CredentialsRejected as exc:
+                logger.error("%s: the token source rejected its credentials, so the client "
+                             "stops: %s", self.name, exc)
+                self._failure = exc
+                self._closing = True
+                self._failed.set()
+            except _TokenFetchFailed as exc:
+                logger.warning("%s: get_token() failed, retrying with backoff: %r", self.name,
+                               exc.__cause__)
             except InvalidStatus as exc:
                 logger.warning(
                     "%s: server rejected the handshake with HTTP %s; retrying with a new token",
@@ -327,6 +371,8 @@ class EventServiceClient:
                 self._cancel_refresh()
                 await self._on_close()
 
+            if self._failure is not None:
+                await self._notify_state(FAILED)
             if self._closing:
                 break
             # The node failed or went away, so the next attempt tries another.
@@ -337,6 +383,14 @@ class EventServiceClient:
             attempt += 1
             logger.info("%s: reconnecting in %.2f s (attempt %d)", self.name, delay, attempt)
             await asyncio.sleep(delay)
+
+    async def _fetch_token(self) -> str:
+        try:
+            return await self._get_token()
+        except (asyncio.CancelledError, CredentialsRejected):
+            raise
+        except Exception as exc:
+            raise _TokenFetchFailed() from exc
 
     def _schedule_refresh(self, token: str) -> None:
         self._cancel_refresh()
@@ -363,6 +417,12 @@ class EventServiceClient:
                 token = await self._get_token()
             except asyncio.CancelledError:
                 raise
+            except CredentialsRejected as exc:
+                # The reconnect after the server closes the socket at expiry
+                # meets the same refusal and stops the client.
+                logger.warning("%s: token refresh rejected, so the socket ends when the "
+                               "token expires: %s", self.name, exc)
+                return
             except Exception:
                 attempt += 1
                 logger.warning("%s: token refresh failed (attempt %d)", self.name, attempt,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kilo_web.event_service import EventServiceServer
+from kilo_web.event_service.client import FAILED, CredentialsRejected
 from kilo_web.event_service.contexts import InvalidContextError
 
 from .conftest import FrameLog, Inbox, TokenSource, eventually
@@ -284,3 +285,43 @@ async def test_close_sends_a_normal_closing_handshake(server, make_client):
 
     await eventually(lambda: connection.close_code is not None, message="the close")
     assert connection.close_code == 1000
+
+
+class FlakyTokens(TokenSource):
+    """A token source that fails its first ``failures`` calls with ``error``."""
+
+    def __init__(self, failures: int, error: Exception) -> None:
+        super().__init__("flaky")
+        self.failures = failures
+        self.error = error
+
+    async def __call__(self) -> str:
+        if self.calls < self.failures:
+            self.calls += 1
+            raise self.error
+        return await super().__call__()
+
+
+async def test_token_source_failure_is_retried(server, make_client, caplog):
+    tokens = FlakyTokens(2, RuntimeError("auth server down"))
+    client = await make_client(tokens=tokens)
+    assert client.connected
+    assert tokens.calls == 3
+    failures = [r for r in caplog.records if "get_token() failed" in r.getMessage()]
+    assert len(failures) == 2
+    assert all(r.exc_info is None for r in failures)
+
+
+async def test_rejected_credentials_stop_the_client(server, make_client):
+    tokens = FlakyTokens(1_000, CredentialsRejected("API key abc was revoked"))
+    client = await make_client(connect=False, tokens=tokens)
+    states: list[str] = []
+    client.on_state_change(states.append)
+
+    with pytest.raises(CredentialsRejected, match="revoked"):
+        await client.connect()
+
+    assert tokens.calls == 1
+    assert states == [FAILED]
+    with pytest.raises(CredentialsRejected):
+        await client.wait_connected(timeout=1)
