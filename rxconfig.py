@@ -14,7 +14,7 @@ from __future__ import annotations
 import reflex as rx
 from reflex.plugins import Plugin
 
-from kilo_web.settings import get_settings
+from kilo_web.settings import SettingsError, get_settings
 
 # Reflex 0.10.1 writes this script into .web/package.json; the bare --host
 # flag makes the Vite dev server listen on every network interface.
@@ -39,7 +39,11 @@ class LoopbackDevServerPlugin(Plugin):
         return package_json.replace(_DEV_SCRIPT_ALL_INTERFACES, _DEV_SCRIPT_LOOPBACK)
 
 
-_settings = get_settings()
+try:
+    _settings = get_settings()
+except SettingsError as exc:
+    # One line that names the variable, instead of a traceback from deep in Reflex.
+    raise SystemExit(f"kilo_web: invalid setting: {exc}") from None
 
 config = rx.Config(
     app_name="kilo_web",

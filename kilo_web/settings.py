@@ -189,7 +189,7 @@ def _env_int(name: str, default: int, *, minimum: int = 0) -> int:
     except ValueError:
         raise SettingsError(f"{name}={raw!r} is not an integer; set a whole number") from None
     if value < minimum:
-        raise SettingsError(f"{name}={value} is below the minimum {minimum}")
+        raise SettingsError(f"{name}={raw!r} is below the minimum {minimum}; set {minimum} or more")
     return value
 
 
@@ -200,9 +200,9 @@ def _env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number; set seconds as a decimal") from None
+        raise SettingsError(f"{name}={raw!r} is not a number; set a decimal number") from None
     if value < minimum:
-        raise SettingsError(f"{name}={value} is below the minimum {minimum}")
+        raise SettingsError(f"{name}={raw!r} is below the minimum {minimum}; set {minimum} or more")
     return value
 
 
