@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import reflex as rx
 
@@ -28,18 +28,19 @@ from kilo_web.settings import get_settings
 async def conversation_viewers(instance_id: str, conversation_id: str) -> set[int]:
     """Return the users who have the conversation open in a visible page.
 
-    Conversation presence is held only while the page is visible. A user
-    who just hid the page still counts during the presence grace period.
-    With Redis the presence of every node counts, else that of the
-    embedded event service.
+    Conversation presence is held only while the page is visible. Users in
+    their presence grace period do not count: they left the conversation,
+    and a message sent now is unread for them. With Redis the connections
+    of every node count, else those of the embedded event service.
     """
     context = kiloclaw_conversation_presence_context(instance_id, conversation_id)
     cluster = _presence_reader()
+    users: Iterable[str]
     if cluster is not None:
-        users = await cluster.users(context)
+        users = await cluster.viewers(context)
     else:
         server = get_embedded_server()
-        users = server.present_users(context) if server is not None else []
+        users = server.viewing_users(context) if server is not None else []
     return {int(user) for user in users if user.isdigit()}
 
 

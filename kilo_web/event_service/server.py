@@ -360,6 +360,14 @@ class EventServiceServer:
         """Return the users present on a presence context, grace period included."""
         return self._presence.users(context)
 
+    def viewing_users(self, context: str) -> list[str]:
+        """Return the users with a connection that holds a presence context now.
+
+        Unlike ``present_users`` this leaves out users in their grace period:
+        someone who switched conversations a moment ago is not looking at it.
+        """
+        return [u for u in self._presence.users(context) if self._presence.connections(context, u)]
+
     # Administration ---------------------------------------------------------
 
     async def disconnect(
@@ -709,6 +717,8 @@ class EventServiceServer:
         for context in released:
             if is_presence_context(context):
                 self._presence.untrack(context, session.id, session.user_id, now=loop.time())
+                if self._cluster is not None:
+                    self._spawn(self._cluster_close(context, session))
                 if self._cluster is not None and self._presence.connections(
                     context, session.user_id
                 ):
@@ -828,9 +838,21 @@ class EventServiceServer:
             present = self._presence.users(context)
         stream = self._streams.get(context)
         if stream is None or context not in self._table.contexts_of(session.id):
-            return  # The client unsubscribed while the Redis calls ran.
+            # The client unsubscribed while the Redis calls ran, and the close
+            # that _release started may have reached Redis before the join.
+            await self._cluster_close(context, session)
+            return
         users = [{"userId": u} for u in present if self._may_see(session, context, u)]
         self._write(session, protocol.encode_event(context, STATE, {"users": users}, position))
+
+    async def _cluster_close(self, context: str, session: _Session) -> None:
+        """Take the connection out of the context's open entries in Redis."""
+        assert self._cluster is not None
+        try:
+            await self._cluster.close(context, session.user_id, session.id)
+        except Exception:
+            # The entry expires after the time to live.
+            session.log.exception("closing the presence entry on %s failed in Redis", context)
 
     async def _cluster_remove(self, context: str, user_id: str, connection_ids: list[int]) -> None:
         """Remove entries; announce the leave if the user is now present on no node."""

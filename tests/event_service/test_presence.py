@@ -148,6 +148,15 @@ async def test_leave_after_grace_of_last_connection(server):
     await observer.close()
 
 
+async def test_viewing_users_leave_out_the_grace_period(server):
+    alice = await watcher(server, "alice")
+    await eventually(lambda: server.viewing_users(P) == ["alice"], message="alice viewing")
+    await alice.close()
+    await eventually(lambda: server.viewing_users(P) == [], message="alice no longer viewing")
+    # Still present: the leave waits for the grace period.
+    assert server.present_users(P) == ["alice"]
+
+
 async def test_fast_reloads_then_close_leave_once(server):
     observer = await watcher(server, "observer")
     for _ in range(3):

@@ -15,6 +15,7 @@ import pytest_asyncio
 import redis.asyncio as redis
 
 from kilo_web.event_service import EventServiceClient, EventServiceServer
+from kilo_web.event_service.cluster_presence import ClusterPresence
 from kilo_web.event_service.control import announce_revocation
 from kilo_web.event_service.protocol import CloseCode
 from kilo_web.event_service.redis_backplane import RedisBackplane, decode, encode
@@ -235,3 +236,41 @@ async def test_revocation_through_redis_closes_sockets_on_every_node(two_nodes, 
     finally:
         for socket in sockets:
             await socket.close()
+
+
+async def test_cluster_viewers_drop_a_released_connection_at_once(make_backplane, prefix):
+    # A long grace keeps both users present; only the viewers change.
+    context = "/presence/kiloclaw/s1/c1"
+    clients = [redis.Redis.from_url(REDIS_URL) for _ in range(2)]
+    presences = [ClusterPresence(client, node_id=f"node-{index}", prefix=prefix, ttl_seconds=30)
+                 for index, client in enumerate(clients)]
+    nodes = [
+        EventServiceServer(secret=SECRET, authorizer=RuleAuthorizer(), backplane=make_backplane(),
+                           cluster=presence, presence_grace_seconds=60)
+        for presence in presences
+    ]
+    for node in nodes:
+        await node.start()
+    alice = await connected_client(nodes[0].url, "alice")
+    bob = await connected_client(nodes[1].url, "bob")
+    reader = presences[0]
+    try:
+        await alice.subscribe([context])
+        await bob.subscribe([context])
+        await eventually_async(lambda: reader.viewers(context), {"alice", "bob"})
+
+        await alice.unsubscribe([context])
+        await eventually_async(lambda: reader.viewers(context), {"bob"})
+        assert set(await reader.users(context)) == {"alice", "bob"}
+
+        await bob.close()
+        await eventually_async(lambda: reader.viewers(context), set())
+        assert set(await reader.users(context)) == {"alice", "bob"}
+    finally:
+        await alice.close()
+        await bob.close()
+        for node in nodes:
+            await node.close()
+        for client in clients:
+            await client.aclose()
+
