@@ -94,8 +94,15 @@ class ApiError(Exception):
 
 
 def _bearer(request: Request) -> str:
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if header and scheme.lower() != "bearer":
+        raise ApiError(
+            401, "unauthorized",
+            f"the Authorization header uses the {scheme!r} scheme; send "
+            "'Authorization: Bearer <session token or API key>'",
+        )
+    if not value.strip():
         raise ApiError(
             401, "unauthorized",
             "missing credentials: send 'Authorization: Bearer <session token or API key>'",
@@ -451,6 +458,8 @@ async def post_conversation_message(request: Request) -> JSONResponse:
     conversation_id = request.path_params["conversation_id"]
     body = await _json_object(request)
     blocks = body.get("blocks")
+    if blocks is not None and "text" in body:
+        raise ApiError(400, "invalid_body", "send either 'text' or 'blocks', not both")
     if blocks is None and isinstance(body.get("text"), str):
         blocks = text_blocks(body["text"])
     if blocks is None:

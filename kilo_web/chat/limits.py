@@ -58,8 +58,8 @@ class SendLimiter:
         wait = bucket.retry_after(now=now)
         logger.info("user %s is over the message rate limit; retry in %.1f s", user_id, wait)
         raise RateLimitedError(
-            f"user {user_id} sent more than {self.per_minute:g} messages a minute; "
-            f"wait {math.ceil(wait)} s and send again",
+            f"user {user_id} sent more than {self.burst} messages in a row or more than "
+            f"{self.per_minute:g} a minute; wait {math.ceil(wait)} s and send again",
             retry_after=wait,
         )
 

@@ -12,7 +12,7 @@ import copy
 import functools
 from typing import Any
 
-from kilo_web.chat.content import BLOCK_TYPES, MAX_BLOCKS
+from kilo_web.chat.content import BLOCK_TYPES, MAX_BLOCKS, MAX_MESSAGE_CHARS
 from kilo_web.chat.limits import TYPING_INTERVAL_SECONDS
 from kilo_web.chat.models import (
     CLIENT_MESSAGE_ID_MAX_LENGTH,
@@ -173,7 +173,7 @@ _SCHEMAS: dict[str, Schema] = {
     "MessageEdit": _object({
         "content": {
             "anyOf": [
-                {"type": "string", "minLength": 1},
+                {"type": "string", "minLength": 1, "maxLength": MAX_MESSAGE_CHARS},
                 {"type": "array", "items": _ref("Block"), "minItems": 1, "maxItems": MAX_BLOCKS},
             ],
             "description": "The new text, or the new content blocks.",
@@ -182,7 +182,7 @@ _SCHEMAS: dict[str, Schema] = {
     "NewMessage": {
         "type": "object",
         "properties": {
-            "text": {"type": "string", "minLength": 1},
+            "text": {"type": "string", "minLength": 1, "maxLength": MAX_MESSAGE_CHARS},
             "blocks": {"type": "array", "items": _ref("Block"), "minItems": 1,
                        "maxItems": MAX_BLOCKS},
             "clientMessageId": {
@@ -192,6 +192,7 @@ _SCHEMAS: dict[str, Schema] = {
             },
         },
         "anyOf": [{"required": ["text"]}, {"required": ["blocks"]}],
+        "not": {"required": ["text", "blocks"]},
     },
     "UnreadSummary": _object({
         "userId": {"type": "integer"},

@@ -73,6 +73,21 @@ class _SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         return f"connection {extra.get('connection_id')} user {extra.get('user_id')}: {msg}", kwargs
 
 
+def _forbidden_hint(contexts: Iterable[str]) -> str:
+    """Say what would make the forbidden ``contexts`` allowed, if anything."""
+    hints: list[str] = []
+    for context in contexts:
+        if is_system_context(context):
+            hint = "contexts under /_system belong to the event-service nodes"
+        elif context.startswith("/users/"):
+            hint = "a /users/{id} context belongs to that user alone"
+        else:
+            hint = "join the instance or conversation first"
+        if hint not in hints:
+            hints.append(hint)
+    return " and ".join(hints)
+
+
 class _Connection(ServerConnection):
     """A server connection that reports when its write buffer passes the high-water mark.
 
@@ -614,8 +629,8 @@ class EventServiceServer:
             self._write(session, protocol.Error(
                 code=protocol.ErrorCode.FORBIDDEN.value,
                 message=(
-                    f"you may not subscribe to {', '.join(forbidden)}: join the instance or "
-                    "conversation first; nothing in this frame was subscribed"
+                    f"you may not subscribe to {', '.join(forbidden)}: "
+                    f"{_forbidden_hint(forbidden)}; nothing in this frame was subscribed"
                 ),
                 frame_type=frame.type,
             ))

@@ -80,6 +80,14 @@ def decode_token(secret: str, token: str, *, leeway_seconds: float = 0) -> Token
         )
     except jwt.ExpiredSignatureError:
         raise InvalidToken("token has expired; fetch a new one") from None
+    except jwt.InvalidSignatureError as exc:
+        raise InvalidToken(f"token is invalid: {exc}") from None
+    except jwt.DecodeError:
+        # Session tokens and API keys are no JWTs, and PyJWT's own text would not say so.
+        raise InvalidToken(
+            "token is invalid: it is not an event-service token (a JWT); exchange a "
+            "session token or API key for one with POST /api/token"
+        ) from None
     except jwt.InvalidTokenError as exc:
         raise InvalidToken(f"token is invalid: {exc}") from None
 

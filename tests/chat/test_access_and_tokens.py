@@ -268,8 +268,11 @@ def test_messages_list_pages_back(api_url, session, people, conversation):
         ("/api/conversations/conv-1/messages", "POST", {"nothing": 1}, 400, "invalid_body"),
         ("/api/conversations/conv-1/messages", "POST",
          {"text": "x", "clientMessageId": "bad id"}, 400, "invalid_input"),
+        ("/api/conversations/conv-1/messages", "POST",
+         {"text": "x", "blocks": [{"type": "text", "text": "y"}]}, 400, "invalid_body"),
     ],
-    ids=["unknown", "limit-text", "limit-zero", "empty", "no-text", "bad-client-id"],
+    ids=["unknown", "limit-text", "limit-zero", "empty", "no-text", "bad-client-id",
+         "text-and-blocks"],
 )
 def test_messages_bad_requests(api_url, session, people, conversation, path, method, body,
                                status, code):

@@ -61,6 +61,8 @@ def test_http_refuses_bad_credentials(api_url, session, people, instance, conver
         assert response.status_code == 401, (method, path)
         assert response.json()["error"]["code"] == code
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        if credential and credential.startswith("Basic"):
+            assert "uses the 'Basic' scheme" in response.json()["error"]["message"]
     if credential and " " in credential:
         secret_part = credential.split(" ", 1)[1]
         assert secret_part not in caplog.text or len(secret_part) < 8

@@ -29,6 +29,7 @@ def test_limiter_allows_burst_then_refills():
         limiter.check(1)
     assert caught.value.retry_after == pytest.approx(10.0)
     assert "wait 10 s" in str(caught.value)
+    assert "more than 3 messages in a row or more than 6 a minute" in str(caught.value)
     limiter.check(2)  # Another user has an allowance of their own.
 
     clock.now = 10.0

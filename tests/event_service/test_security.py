@@ -116,6 +116,28 @@ async def test_forbidden_context_subscribes_nothing(server):
         assert server.subscriptions_of("u1") == {}
 
 
+@pytest.mark.parametrize("context, hint", [
+    ("/users/someone-else", "belongs to that user alone"),
+    ("/_system/control", "belong to the event-service nodes"),
+    ("/forbidden/secret", "join the instance or conversation first"),
+], ids=["other-user", "system", "not-a-member"])
+async def test_forbidden_error_says_what_would_allow_it(server, authorizer, context, hint):
+    authorizer.denied.add(("u1", "/users/someone-else"))
+    async with open_socket(server, mint_token(SECRET, "u1")) as socket:
+        reply = await request(socket, {"type": "context.subscribe", "contexts": [context]})
+    assert reply["code"] == "forbidden"
+    assert hint in reply["message"]
+
+
+async def test_session_token_at_handshake_points_to_the_token_endpoint(server):
+    with pytest.raises(InvalidStatus) as caught:
+        async with connect(server.url, additional_headers={
+                "Authorization": "Bearer kilo_bot_0123456789abcdef_" + "s" * 43}):
+            pass
+    assert caught.value.response.status_code == 401
+    assert "POST /api/token" in caught.value.response.body.decode()
+
+
 async def test_rate_limit_drops_excess_frames(authorizer):
     from kilo_web.event_service import EventServiceServer
 
