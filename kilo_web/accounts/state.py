@@ -28,7 +28,7 @@ from kilo_web.chat.errors import ChatError, InvalidPasswordError, InvalidUsernam
 
 logger = logging.getLogger(__name__)
 
-LOGIN_FAILED_MESSAGE = "There was a problem logging in, please try again."
+LOGIN_FAILED_MESSAGE = "The username or password is wrong. Check both and try again, or sign up."
 """Shown for an unknown username and a wrong password alike, so neither is revealed."""
 
 
