@@ -74,9 +74,9 @@ def main() -> int:
     """Create the key file if missing and print the application server key."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     path = get_settings().vapid_key_path
-    created = ensure_vapid_key(path)
+    if not ensure_vapid_key(path):
+        print(f"kept VAPID key {path}")
     key = application_server_key(load_vapid_key(path))
-    print(f"{'created' if created else 'kept'} VAPID key {path}")
     print(f"application server key: {key}")
     return 0
 
