@@ -4,11 +4,29 @@ Reads and writes go through ``kilo_web.chat.service``. Live messages arrive
 through the app shell: ``message.created`` events of the open conversation
 are merged into ``messages`` by id and kept in ``seq`` order, so an event
 that repeats a message already loaded from the database changes nothing.
+
+``messages`` is a window of at most ``MAX_LOADED_MESSAGES`` contiguous
+messages, loaded a page at a time: the newest page when a conversation
+opens, older pages as the reader scrolls up, newer ones as they scroll back
+down. A page that pushes the window over its size drops messages from the
+other end, so the page's DOM stays bounded however long the history is.
+
+Sending is optimistic: the message shows at once as pending, under a client
+message id made for it, and turns sent or failed. A retry posts again with
+the same id, and the chat service returns the stored message for a repeated
+id, so a retry never posts a message twice.
+
+``message.updated`` and ``message.deleted`` events replace loaded messages
+by id; messages outside the window are not loaded, so their events are
+dropped. ``typing`` events of others fill ``typing``, which the page fades
+out a few seconds after each event.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
+import uuid
 from typing import Any, TypedDict
 
 import reflex as rx
@@ -25,23 +43,45 @@ from kilo_web.event_service.contexts import (
 )
 from kilo_web.chat import read_state
 from kilo_web.chat.database import DATABASE_UNAVAILABLE
-from kilo_web.chat.publisher import CONVERSATION_ADDED_EVENT
+from kilo_web.chat.publisher import (
+    CONVERSATION_ADDED_EVENT,
+    MESSAGE_DELETED_EVENT,
+    MESSAGE_UPDATED_EVENT,
+    TYPING_EVENT,
+)
 from kilo_web.chat.read_state import UNREAD_CHANGED_EVENT
 from kilo_web.event_service.contexts import user_context
 from kilo_web.event_service.embedded import get_backplane
 from kilo_web.notifications.preview import message_preview
-from kilo_web.runtime import notification_service, send_limiter, webpush_public_key
+from kilo_web.runtime import (
+    notification_service,
+    send_limiter,
+    typing_limiter,
+    webpush_public_key,
+)
 from kilo_web.web.visibility import PageVisibilityState
 from kilo_web.event_service.client import RECOVERY_FAILED, SUBSCRIBED
 from kilo_web.event_service.presence import JOIN, LEAVE, STATE
 from kilo_web.event_service.presence_mirror import PresenceMirror
 from kilo_web.event_service.protocol import Event
 from kilo_web.web.shell import add_event_handler
+from kilo_web.web.timeline import (
+    FAILED,
+    PENDING,
+    SENT,
+    MessageItem,
+    TimelineRow,
+    build_timeline,
+    resolve_time_zone,
+)
 
 logger = logging.getLogger(__name__)
 
-MESSAGE_PAGE_SIZE = 200
-"""How many of the newest messages the page loads when a conversation opens."""
+MESSAGE_PAGE_SIZE = 50
+"""How many messages the page loads at a time: when a conversation opens and per scroll."""
+
+MAX_LOADED_MESSAGES = 4 * MESSAGE_PAGE_SIZE
+"""Maximum number of stored messages the page keeps, and renders, at once."""
 
 
 class InstanceItem(TypedDict):
@@ -70,18 +110,6 @@ class MemberItem(TypedDict):
     is_bot: bool
 
 
-class MessageItem(TypedDict):
-    id: int
-    seq: int
-    sender_id: int
-    sender_name: str
-    sender_is_bot: bool
-    text: str
-    markdown: bool
-    """True when the message has a Markdown block; the text is then rendered as Markdown."""
-    created_at: str
-
-
 def _message_item(
     *,
     message_id: int,
@@ -91,6 +119,9 @@ def _message_item(
     sender_is_bot: bool,
     blocks: Any,
     created_at: str,
+    client_id: str | None = None,
+    edited: bool = False,
+    deleted: bool = False,
 ) -> MessageItem:
     return MessageItem(
         id=message_id,
@@ -99,10 +130,12 @@ def _message_item(
         sender_name=sender_name,
         sender_is_bot=sender_is_bot,
         text=blocks_text(blocks),
-        # NOTE: a message that mixes text and Markdown blocks is rendered
-        # wholly as Markdown.
         markdown=any(block.get("type") == "markdown" for block in blocks),
         created_at=created_at,
+        status=SENT,
+        client_id=client_id or "",
+        edited=edited,
+        deleted=deleted,
     )
 
 
@@ -115,6 +148,9 @@ def _item_from_view(view: service.MessageView) -> MessageItem:
         sender_is_bot=view.sender_is_bot,
         blocks=view.blocks,
         created_at=view.created_at.isoformat(),
+        client_id=view.client_message_id,
+        edited=view.edited_at is not None,
+        deleted=view.is_deleted,
     )
 
 
@@ -127,6 +163,9 @@ def _item_from_event(data: dict[str, Any]) -> MessageItem:
         sender_is_bot=bool(data.get("senderIsBot", False)),
         blocks=data["blocks"],
         created_at=str(data["createdAt"]),
+        client_id=data.get("clientMessageId"),
+        edited=data.get("editedAt") is not None,
+        deleted=data.get("deletedAt") is not None,
     )
 
 
@@ -136,6 +175,41 @@ def merge_messages(current: list[MessageItem], new: list[MessageItem]) -> list[M
     for item in new:
         by_id[item["id"]] = item
     return sorted(by_id.values(), key=lambda item: item["seq"])
+
+
+def keep_newest(messages: list[MessageItem], limit: int) -> tuple[list[MessageItem], bool]:
+    """Return the newest ``limit`` of ``messages`` and whether any were dropped."""
+    if len(messages) <= limit:
+        return messages, False
+    return messages[-limit:], True
+
+
+def keep_oldest(messages: list[MessageItem], limit: int) -> tuple[list[MessageItem], bool]:
+    """Return the oldest ``limit`` of ``messages`` and whether any were dropped."""
+    if len(messages) <= limit:
+        return messages, False
+    return messages[:limit], True
+
+
+def _error_toast(text: str) -> Any:
+    """Return a toast event that shows a failed action and what to do next."""
+    return rx.toast.error(text, id="chat-error", duration=8000)
+
+
+class TypingItem(TypedDict):
+    """Someone who is typing in the open conversation, as the last ``typing`` event named them."""
+
+    user_id: int
+    name: str
+    stamp: str
+    """Unique per event, so the indicator restarts its fade-out on every event."""
+
+
+class PendingMessage(TypedDict):
+    """A message sent from this page that is not stored yet."""
+
+    conversation_id: str
+    item: MessageItem
 
 
 class ChatState(reflex_local_auth.LocalAuthState):
@@ -163,6 +237,62 @@ class ChatState(reflex_local_auth.LocalAuthState):
     """The server's VAPID public key for Web Push subscriptions; empty without Web Push."""
     notification: dict[str, str] = {}
     """The newest browser notification to show while the page is hidden: id, title, body."""
+    pending: list[PendingMessage] = []
+    """Messages sent from this page that are not stored yet, pending or failed."""
+    has_older: bool = False
+    """True when messages older than the loaded window may exist."""
+    has_newer: bool = False
+    """True when the loaded window stops short of the newest message."""
+    read_seq: int = -1
+    """The reader's read position when the open conversation was opened; -1 for none."""
+    _read_seq_conversation: str = ""
+    scroll_to_newest: int = 0
+    """Incremented to make the page scroll the message list to its end."""
+    time_zone: str = ""
+    """The browser's IANA time zone, for day separators and exact times."""
+    sidebar_open: bool = False
+    """True while the conversation list is open as a drawer (at phone width)."""
+    editing_id: int = 0
+    """The id of the user's own message being edited, or 0."""
+    typing: list[TypingItem] = []
+    """Others typing in the open conversation; the page hides each entry a few seconds after its event."""
+
+    @rx.event
+    def set_sidebar_open(self, value: bool):
+        """Open or close the conversation list drawer."""
+        self.sidebar_open = bool(value)
+
+    @rx.var
+    def timeline(self) -> list[TimelineRow]:
+        """The rows of the message list: stored messages, then pending ones.
+
+        NOTE: the rows are computed again only when the state changes, so a
+        page left open over midnight keeps "Today" on the previous day until
+        the next message or reload. The relative times update in the browser.
+        """
+        local = [p["item"] for p in self.pending
+                 if p["conversation_id"] == self.selected_conversation_id]
+        return build_timeline(
+            [*self.messages, *local],
+            now=datetime.datetime.now(datetime.timezone.utc),
+            time_zone=resolve_time_zone(self.time_zone),
+            viewer_id=self.profile_id,
+            read_seq=self.read_seq if self.read_seq >= 0 else None,
+        )
+
+    @rx.var
+    def has_unread_divider(self) -> bool:
+        """True when the message list shows the "new messages" divider."""
+        if self.read_seq < 0:
+            return False
+        return any(m["seq"] > self.read_seq and m["sender_id"] != self.profile_id
+                   for m in self.messages)
+
+    @rx.event
+    def set_time_zone(self, name: str):
+        """Store the browser's time zone; the page sends it once when it mounts."""
+        if isinstance(name, str) and len(name) <= 64:
+            self.time_zone = name
 
     @rx.var
     def conversation_context(self) -> str:
@@ -274,23 +404,75 @@ class ChatState(reflex_local_auth.LocalAuthState):
             self.selected_instance_id = ""
 
     def _reload_conversation(self) -> None:
+        """Load the newest page of the open conversation and its members."""
         self._refresh_presence_lists()
         if not self.selected_conversation_id:
             self.messages = []
             self.members = []
+            self.has_older = self.has_newer = False
+            self.read_seq = -1
             return
+        conversation_id = self.selected_conversation_id
         with rx.session() as session:
+            if self._read_seq_conversation != conversation_id:
+                # Read before the page marks the conversation read, so the
+                # "new messages" divider stays where it was on opening.
+                self.read_seq = read_state.read_position(session, conversation_id, self.profile_id)
+                self._read_seq_conversation = conversation_id
+                self.typing = []
+                self.editing_id = 0
+            # NOTE: with more unread messages than one page, the first unread is
+            # not loaded, so no divider shows until the reader scrolls up to it.
             views = service.list_messages(
-                session,
-                self.selected_conversation_id,
-                limit=MESSAGE_PAGE_SIZE,
-                viewer_id=self.profile_id,
+                session, conversation_id, limit=MESSAGE_PAGE_SIZE, viewer_id=self.profile_id,
             )
             self.members = [
                 MemberItem(id=m.id, key=str(m.id), display_name=m.display_name, is_bot=m.is_bot)
-                for m in service.list_members(session, self.selected_conversation_id)
+                for m in service.list_members(session, conversation_id)
             ]
         self.messages = [_item_from_view(view) for view in views]
+        self.has_older = len(views) == MESSAGE_PAGE_SIZE
+        self.has_newer = False
+        self.scroll_to_newest += 1
+
+    def _load_page(self, *, before_seq: int | None = None,
+                   after_seq: int | None = None) -> list[MessageItem]:
+        with rx.session() as session:
+            views = service.list_messages(
+                session, self.selected_conversation_id, limit=MESSAGE_PAGE_SIZE,
+                before_seq=before_seq, after_seq=after_seq, viewer_id=self.profile_id,
+            )
+        return [_item_from_view(view) for view in views]
+
+    @rx.event
+    def load_older(self):
+        """Load the page before the oldest loaded message; the page calls it near the top."""
+        if not (self.selected_conversation_id and self.has_older and self.messages):
+            return
+        page = self._load_page(before_seq=self.messages[0]["seq"])
+        self.has_older = len(page) == MESSAGE_PAGE_SIZE
+        merged = merge_messages(self.messages, page)
+        self.messages, dropped = keep_oldest(merged, MAX_LOADED_MESSAGES)
+        self.has_newer = self.has_newer or dropped
+
+    @rx.event
+    def load_newer(self):
+        """Load the page after the newest loaded message; the page calls it near the end."""
+        if not (self.selected_conversation_id and self.has_newer and self.messages):
+            return
+        page = self._load_page(after_seq=self.messages[-1]["seq"])
+        self.has_newer = len(page) == MESSAGE_PAGE_SIZE
+        merged = merge_messages(self.messages, page)
+        self.messages, dropped = keep_newest(merged, MAX_LOADED_MESSAGES)
+        self.has_older = self.has_older or dropped
+
+    @rx.event
+    def jump_to_newest(self):
+        """Show the newest messages, loading them first if the window stops short of them."""
+        if self.has_newer:
+            self._reload_conversation()
+        else:
+            self.scroll_to_newest += 1
 
     # Navigation ---------------------------------------------------------------
 
@@ -328,6 +510,7 @@ class ChatState(reflex_local_auth.LocalAuthState):
     async def select_conversation(self, conversation_id: str):
         """Open a conversation of the selected instance."""
         self._open_conversation(conversation_id)
+        self.sidebar_open = False
         await self._mark_open_read_if_visible()
 
     @rx.event
@@ -391,13 +574,63 @@ class ChatState(reflex_local_auth.LocalAuthState):
 
     @rx.event
     async def send_message(self, form_data: dict[str, Any]):
-        """Post the composer's text to the open conversation."""
+        """Show the composer's text at once as pending, then post it to the open conversation."""
         text = str(form_data.get("text", ""))
         if not self.selected_conversation_id:
-            self.error_message = "Open a conversation before sending a message."
-            return None
+            yield rx.toast.error("Open a conversation before sending a message.")
+            return
         if not text.strip():
+            return
+        # The post checks the session again; the pending row needs no database.
+        profile_id = self.profile_id
+        if profile_id <= 0:
+            yield reflex_local_auth.LoginState.redir
+            return
+        item = MessageItem(
+            id=0, seq=0, sender_id=profile_id, sender_name=self.display_name,
+            sender_is_bot=False, text=text, markdown=False,
+            created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            status=PENDING, client_id=uuid.uuid4().hex, edited=False, deleted=False,
+        )
+        self.pending = [*self.pending, PendingMessage(
+            conversation_id=self.selected_conversation_id, item=item)]
+        self.scroll_to_newest += 1
+        # Send the pending row to the browser before the post, which may be slow.
+        yield
+        yield await self._post_pending(item["client_id"])
+
+    @rx.event
+    async def retry_message(self, client_id: str):
+        """Post a failed message again under its client message id."""
+        entry = self._pending_entry(client_id)
+        if entry is None or entry["item"]["status"] != FAILED:
+            # Already pending or sent: a second click must not post again.
+            return
+        self._set_pending_status(client_id, PENDING)
+        yield
+        yield await self._post_pending(client_id)
+
+    def _pending_entry(self, client_id: str) -> PendingMessage | None:
+        return next((p for p in self.pending if p["item"]["client_id"] == client_id), None)
+
+    def _set_pending_status(self, client_id: str, status: str) -> None:
+        self.pending = [
+            PendingMessage(conversation_id=p["conversation_id"],
+                           item={**p["item"], "status": status})
+            if p["item"]["client_id"] == client_id else p
+            for p in self.pending
+        ]
+
+    def _drop_pending(self, client_ids: set[str]) -> None:
+        if client_ids and any(p["item"]["client_id"] in client_ids for p in self.pending):
+            self.pending = [p for p in self.pending if p["item"]["client_id"] not in client_ids]
+
+    async def _post_pending(self, client_id: str) -> Any:
+        """Post one pending message; return a toast to show when it failed."""
+        entry = self._pending_entry(client_id)
+        if entry is None:
             return None
+        conversation_id, text = entry["conversation_id"], entry["item"]["text"]
         try:
             profile_id = await self._require_profile()
             if profile_id is None:
@@ -406,28 +639,108 @@ class ChatState(reflex_local_auth.LocalAuthState):
             with rx.session() as session:
                 view = await service.post_message(
                     session,
-                    conversation_id=self.selected_conversation_id,
+                    conversation_id=conversation_id,
                     sender_id=profile_id,
                     blocks=text_blocks(text),
                     publisher=get_backplane(),
                     after_publish=notification_service().after_publish,
+                    client_message_id=client_id,
                 )
         except ChatError as exc:
-            self.error_message = str(exc)
-            # Put the text back so nothing the user typed is lost.
-            return rx.set_value("composer", text)
+            logger.info("sending message %s to conversation %s failed: %s",
+                        client_id, conversation_id, exc)
+            self._set_pending_status(client_id, FAILED)
+            return rx.toast.error(
+                f"The message was not sent: {exc}. Press Retry on it to send it again.",
+                id="send-failed",
+            )
         except DATABASE_UNAVAILABLE as exc:
             logger.warning("sending to conversation %s failed, the database is unavailable: %s",
-                           self.selected_conversation_id, exc.__class__.__name__)
-            self.error_message = (
+                           conversation_id, exc.__class__.__name__)
+            self._set_pending_status(client_id, FAILED)
+            return rx.toast.error(
                 "The message was not sent: the database is unavailable right now. "
-                "Your text is still in the box; send it again in a few seconds."
+                "Press Retry on it in a few seconds.",
+                id="send-failed",
             )
-            return rx.set_value("composer", text)
-        self.error_message = ""
-        self.info_message = ""
-        self.messages = merge_messages(self.messages, [_item_from_view(view)])
+        self._drop_pending({client_id})
+        if conversation_id == self.selected_conversation_id and not self.has_newer:
+            self.messages = merge_messages(self.messages, [_item_from_view(view)])
         return None
+
+    @rx.event
+    def start_edit(self, message_id: int):
+        """Show the edit box for one of the user's own messages."""
+        self.editing_id = int(message_id)
+
+    @rx.event
+    def cancel_edit(self):
+        """Close the edit box without saving."""
+        self.editing_id = 0
+
+    @rx.event
+    async def save_edit(self, form_data: dict[str, Any]):
+        """Replace the text of the message in the edit box."""
+        message_id, text = self.editing_id, str(form_data.get("text", ""))
+        if not (message_id and self.selected_conversation_id):
+            return None
+        try:
+            with rx.session() as session:
+                view = await service.edit_message(
+                    session, conversation_id=self.selected_conversation_id,
+                    message_id=message_id, user_id=self.profile_id, content=text,
+                    publisher=get_backplane(),
+                )
+        except ChatError as exc:
+            logger.info("editing message %s failed: %s", message_id, exc)
+            return _error_toast(f"The message was not changed: {exc}.")
+        self.editing_id = 0
+        self._replace_loaded([_item_from_view(view)])
+        return None
+
+    @rx.event
+    async def delete_message(self, message_id: int):
+        """Delete one of the user's own messages; it stays in the list as deleted."""
+        if not self.selected_conversation_id:
+            return None
+        try:
+            with rx.session() as session:
+                view = await service.delete_message(
+                    session, conversation_id=self.selected_conversation_id,
+                    message_id=int(message_id), user_id=self.profile_id,
+                    publisher=get_backplane(),
+                )
+        except ChatError as exc:
+            logger.info("deleting message %s failed: %s", message_id, exc)
+            return _error_toast(f"The message was not deleted: {exc}.")
+        if self.editing_id == view.id:
+            self.editing_id = 0
+        self._replace_loaded([_item_from_view(view)])
+        return None
+
+    @rx.event
+    async def notify_typing(self, _value: str = ""):
+        """Publish a typing event of the user to the open conversation; the page throttles the calls."""
+        if not self.selected_conversation_id or self.profile_id <= 0:
+            return
+        try:
+            with rx.session() as session:
+                await service.publish_typing(
+                    session, conversation_id=self.selected_conversation_id,
+                    user_id=self.profile_id, publisher=get_backplane(),
+                    limiter=typing_limiter(),
+                )
+        except ChatError as exc:
+            # Typing is a hint; the composer keeps working without it.
+            logger.info("typing event for conversation %s failed: %s",
+                        self.selected_conversation_id, exc)
+
+    def _replace_loaded(self, items: list[MessageItem]) -> None:
+        """Replace loaded messages by newer copies with the same ids; ignore the others."""
+        loaded = {item["id"] for item in self.messages}
+        known = [item for item in items if item["id"] in loaded]
+        if known:
+            self.messages = merge_messages(self.messages, known)
 
     @rx.event
     async def create_instance(self, form_data: dict[str, Any]):
@@ -442,8 +755,7 @@ class ChatState(reflex_local_auth.LocalAuthState):
                 )
                 instance_id = instance.id
         except ChatError as exc:
-            self.error_message = str(exc)
-            return None
+            return _error_toast(str(exc))
         self.error_message = ""
         self._reload_lists(profile_id)
         self._open_instance(instance_id)
@@ -456,8 +768,7 @@ class ChatState(reflex_local_auth.LocalAuthState):
         if profile_id is None:
             return reflex_local_auth.LoginState.redir
         if not self.selected_instance_id:
-            self.error_message = "Create or select an instance first."
-            return None
+            return _error_toast("Create or select an instance first.")
         try:
             with rx.session() as session:
                 conversation = service.create_conversation(
@@ -470,8 +781,7 @@ class ChatState(reflex_local_auth.LocalAuthState):
                 others = [member for member in service.conversation_member_ids(
                     session, conversation_id) if member != profile_id]
         except ChatError as exc:
-            self.error_message = str(exc)
-            return None
+            return _error_toast(str(exc))
         # The instance's bots joined too; they learn of the conversation this way.
         await service.announce_conversation(get_backplane(), conversation, others)
         self.error_message = ""
@@ -487,8 +797,7 @@ class ChatState(reflex_local_auth.LocalAuthState):
         if profile_id is None:
             return reflex_local_auth.LoginState.redir
         if not self.selected_conversation_id:
-            self.error_message = "Open a conversation before adding members."
-            return None
+            return _error_toast("Open a conversation before adding members.")
         try:
             with rx.session() as session:
                 service.require_conversation_member(
@@ -496,24 +805,21 @@ class ChatState(reflex_local_auth.LocalAuthState):
                 )
                 user = service.find_user_by_username(session, username)
                 if user is None or user.id is None:
-                    self.error_message = (
+                    return _error_toast((
                         f"No user is named {username!r}; check the spelling of the username."
-                    )
-                    return None
+                    ))
                 if user.is_bot:
-                    self.error_message = (
+                    return _error_toast((
                         f"{user.display_name} is a bot; bots take part in the conversations "
                         "of their own instance only."
-                    )
-                    return None
+                    ))
                 added = service.add_conversation_member(
                     session, conversation_id=self.selected_conversation_id, user_id=user.id
                 )
                 name, added_id = user.display_name, user.id
                 conversation = service.get_conversation(session, self.selected_conversation_id)
         except ChatError as exc:
-            self.error_message = str(exc)
-            return None
+            return _error_toast(str(exc))
         if added:
             await service.announce_conversation(get_backplane(), conversation, [added_id])
         self.error_message = ""
@@ -584,7 +890,11 @@ class ChatState(reflex_local_auth.LocalAuthState):
             return
 
     def _apply_message_events(self, events: list[Event]) -> None:
-        """Merge ``message.created`` events of the open conversation into ``messages``."""
+        """Merge ``message.created`` events of the open conversation into ``messages``.
+
+        While the loaded window stops short of the newest message, new
+        messages are not merged: they are loaded with the newer pages.
+        """
         context = self.conversation_context
         items: list[MessageItem] = []
         for event in events:
@@ -594,14 +904,66 @@ class ChatState(reflex_local_auth.LocalAuthState):
                 items.append(_item_from_event(event.data))
             except (KeyError, TypeError, ValueError):
                 logger.warning("ignored a malformed message.created event on %s", event.context)
-        if items:
-            self.messages = merge_messages(self.messages, items)
+        if not items:
+            return
+        mine = {item["client_id"] for item in items
+                if item["client_id"] and item["sender_id"] == self.profile_id}
+        self._drop_pending(mine)
+        senders = {item["sender_id"] for item in items}
+        if any(entry["user_id"] in senders for entry in self.typing):
+            self.typing = [entry for entry in self.typing if entry["user_id"] not in senders]
+        if not self.has_newer:
+            merged = merge_messages(self.messages, items)
+            self.messages, dropped = keep_newest(merged, MAX_LOADED_MESSAGES)
+            self.has_older = self.has_older or dropped
+
+
+def _on_message_changed(state: ChatState, events: list[Event]) -> None:
+    items: list[MessageItem] = []
+    for event in events:
+        if event.context != state.conversation_context:
+            continue
+        data = event.data
+        try:
+            if event.event == MESSAGE_DELETED_EVENT:
+                # The deleted event carries ids only; the loaded copy keeps the rest.
+                message_id = int(data["messageId"])
+                loaded = next((m for m in state.messages if m["id"] == message_id), None)
+                if loaded is not None:
+                    items.append({**loaded, "text": "", "markdown": False, "deleted": True})
+            else:
+                items.append(_item_from_event(data))
+        except (KeyError, TypeError, ValueError):
+            logger.warning("ignored a malformed %s event on %s", event.event, event.context)
+    state._replace_loaded(items)
+    if state.editing_id and any(i["id"] == state.editing_id and i["deleted"] for i in items):
+        state.editing_id = 0
+
+
+def _on_typing(state: ChatState, events: list[Event]) -> None:
+    typing = {entry["user_id"]: entry for entry in state.typing}
+    for event in events:
+        if event.context != state.conversation_context:
+            continue
+        try:
+            user_id = int(event.data["userId"])
+            name = str(event.data["displayName"])
+        except (KeyError, TypeError, ValueError):
+            logger.warning("ignored a malformed typing event on %s", event.context)
+            continue
+        if user_id != state.profile_id:
+            typing[user_id] = TypingItem(user_id=user_id, name=name, stamp=uuid.uuid4().hex[:12])
+    state.typing = list(typing.values())
 
 
 async def _on_message_created(state: ChatState, events: list[Event]) -> None:
+    caught_up = not state.has_unread_divider
     state._apply_message_events(events)
     visibility = await state.get_state(PageVisibilityState)
     if visibility.page_visible:
+        # Messages that arrive while the reader is looking get no "new messages" divider.
+        if caught_up and state.read_seq >= 0 and state.messages:
+            state.read_seq = max(state.read_seq, state.messages[-1]["seq"])
         await state._mark_open_read_if_visible()
     else:
         state._notify_hidden(events)
@@ -628,6 +990,9 @@ def _on_missed_events(state: ChatState, events: list[Event]) -> None:
 
 
 add_event_handler("message.created", ChatState, _on_message_created)
+add_event_handler(MESSAGE_UPDATED_EVENT, ChatState, _on_message_changed)
+add_event_handler(MESSAGE_DELETED_EVENT, ChatState, _on_message_changed)
+add_event_handler(TYPING_EVENT, ChatState, _on_typing)
 for _presence_event in (STATE, JOIN, LEAVE, SUBSCRIBED):
     add_event_handler(_presence_event, ChatState, _on_presence)
 # A fresh subscription and a failed recovery both mean messages may be missing.

@@ -58,6 +58,9 @@ class RunningApp:
             "REFLEX_WEB_WORKDIR": str(data_dir.parent / "web"),
             # Touching a file here restarts the backend, as an edit would.
             "REFLEX_HOT_RELOAD_INCLUDE_PATHS": str(data_dir.parent / "reload"),
+            # Only there: by default Reflex watches the whole checkout, and a
+            # file written in it during a run would restart the backend.
+            "REFLEX_HOT_RELOAD_OVERRIDE_PATHS": str(data_dir.parent / "reload"),
             "KILO_EVENT_SERVICE_PORT": str(free_port()),
             "KILO_TAB_GRACE_SECONDS": str(TAB_GRACE_SECONDS),
             "KILO_LOG_LEVEL": "INFO",

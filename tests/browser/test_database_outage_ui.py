@@ -1,4 +1,4 @@
-"""The web UI while PostgreSQL is unreachable: the send fails with a clear message, then works.
+"""The web UI while PostgreSQL is unreachable: the send fails with a clear message, then a retry works.
 
 The app runs as ``reflex run`` on a PostgreSQL database reached through a
 proxy that the test blocks and unblocks.
@@ -67,16 +67,20 @@ def test_send_during_outage_shows_error_and_keeps_text(outage_app, browser):
         proxy.call(proxy.proxy.block)
         send(page, "during the outage")
         page.wait_for_selector("text=the database is unavailable", timeout=30_000)
-        assert page.input_value("#composer") == "during the outage"
-        assert "during the outage" not in message_texts(page)
+        # The message stays on the page, marked as not sent, with its text.
+        failed = page.locator(".message[data-status='failed']", has_text="during the outage")
+        failed.wait_for()
 
         proxy.call(proxy.proxy.unblock)
-        # The user presses Enter again; the first tries after the outage may
-        # meet pooled connections that died with it.
+        # The user presses Retry; the first tries after the outage may meet
+        # pooled connections that died with it.
+        sent_row = page.locator(".message[data-status='sent']", has_text="during the outage")
+
         def sent() -> bool:
-            if "during the outage" in message_texts(page):
+            if sent_row.count():
                 return True
-            page.press("#composer", "Enter")
+            if failed.count():
+                failed.locator(".retry-send").click()
             return False
 
         wait_for(sent, timeout=30, interval=1.0, message=lambda: "the message to send")

@@ -1,6 +1,6 @@
 """merge_messages: the message list after live events, replays and reloads."""
 
-from kilo_web.web.chat_state import MessageItem, merge_messages
+from kilo_web.web.chat_state import MessageItem, keep_newest, keep_oldest, merge_messages
 
 
 def item(message_id: int, seq: int, text: str = "") -> MessageItem:
@@ -26,3 +26,21 @@ def test_merge_replay_out_of_order():
 def test_merge_newer_copy_wins():
     merged = merge_messages([item(1, 1, "old")], [item(1, 1, "new")])
     assert merged[0]["text"] == "new"
+
+
+def test_keep_newest_drops_oldest_over_limit():
+    kept, dropped = keep_newest([item(n, n) for n in range(1, 6)], 3)
+    assert [m["seq"] for m in kept] == [3, 4, 5]
+    assert dropped is True
+
+
+def test_keep_oldest_drops_newest_over_limit():
+    kept, dropped = keep_oldest([item(n, n) for n in range(1, 6)], 3)
+    assert [m["seq"] for m in kept] == [1, 2, 3]
+    assert dropped is True
+
+
+def test_keep_within_limit_drops_nothing():
+    messages = [item(1, 1), item(2, 2)]
+    assert keep_newest(messages, 2) == (messages, False)
+    assert keep_oldest(messages, 2) == (messages, False)
