@@ -11,8 +11,9 @@ or let the Reflex backend run it (``KILO_DEMO_BOT=1``, see ``embedded``).
 What it does:
 
 - It subscribes to its user context ``/users/{id}`` (where ``conversation.added``
-  arrives), to the instance's presence context (so members see it online) and
-  to the context of each of its conversations.
+  and ``conversation.removed`` arrive), to the instance's presence context (so
+  members see it online) and to the context of each of its conversations.
+  On ``conversation.removed`` it stops tracking that conversation.
 - It replies to each ``message.created`` from a person with one Markdown
   block (see ``replies``), posted with ``clientMessageId``
   ``reply-<message id>``, so a retry or a restart never replies twice, and
@@ -63,6 +64,7 @@ logger = logging.getLogger(__name__)
 
 MESSAGE_CREATED = "message.created"
 CONVERSATION_ADDED = "conversation.added"
+CONVERSATION_REMOVED = "conversation.removed"
 
 CATCH_UP_PAGE_SIZE = 100
 """Messages fetched per page when catching up after a reconnect."""
@@ -183,6 +185,7 @@ class DemoBot:
         self.client = client
         client.on(MESSAGE_CREATED, self._on_message_created)
         client.on(CONVERSATION_ADDED, self._on_conversation_added)
+        client.on(CONVERSATION_REMOVED, self._on_conversation_removed)
         client.on(SUBSCRIBED, self._on_subscribed)
         client.on(RECOVERY_FAILED, self._on_recovery_failed)
         client.on_error(self._on_error)
@@ -256,6 +259,11 @@ class DemoBot:
         self._queue(f"conversation {data.get('conversationId')} added",
                     lambda: self._join(data))
 
+    def _on_conversation_removed(self, event: Event) -> None:
+        data = event.data
+        self._queue(f"conversation {data.get('conversationId')} removed",
+                    lambda: self._leave(data))
+
     def _on_subscribed(self, event: Event) -> None:
         assert self.me is not None
         recovered = bool(event.data.get("recovered"))
@@ -277,8 +285,8 @@ class DemoBot:
     def _on_error(self, error: protocol.Error) -> None:
         if error.code != protocol.ErrorCode.FORBIDDEN.value:
             return
-        # A subscribe is all or nothing, so one conversation the bot lost
-        # would keep the others of its frame unsubscribed.
+        # The SDK already sent the other contexts of the refused frame again.
+        # Listing the conversations again drops the lost one from the bot's state.
         loop = asyncio.get_running_loop()
         if self._last_resync is not None and loop.time() - self._last_resync < FORBIDDEN_RESYNC_SECONDS:
             logger.warning("subscribe forbidden again within %.0f s; not resynchronising yet",
@@ -339,6 +347,18 @@ class DemoBot:
             return
         logger.info("bot joined conversation %s of instance %s", state.id, state.instance_id)
         await self._subscribe_conversations([state])
+
+    async def _leave(self, data: dict[str, Any]) -> None:
+        """Stop tracking a conversation the bot was removed from."""
+        assert self.client is not None
+        state = self.conversations.pop(str(data.get("conversationId")), None)
+        if state is None:
+            return
+        self._by_context.pop(state.context, None)
+        # If the server sent access.revoked, the SDK already dropped the context
+        # and this changes nothing.
+        await self.client.unsubscribe([state.context])
+        logger.info("bot left conversation %s of instance %s", state.id, state.instance_id)
 
     async def _refresh_conversations(self) -> None:
         new = []

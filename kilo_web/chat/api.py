@@ -635,6 +635,29 @@ async def add_conversation_member(request: Request) -> JSONResponse:
     return JSONResponse({"member": member, "added": added}, status_code=201 if added else 200)
 
 
+async def remove_conversation_member(request: Request) -> Response:
+    """``DELETE /api/conversations/{id}/members/{user id}``: leave, or remove someone.
+
+    Every member may remove themselves; only the instance's owner may
+    remove others, and no one may remove a bot of the instance. Returns 204
+    whether or not the user was a member, so a repeat is not an error. The
+    members learn of a removal from ``member.removed``.
+    """
+    conversation_id = request.path_params["conversation_id"]
+    member_id = _path_int(request, "user_id")
+    with _session(request) as session:
+        user_id = authenticate_person(session, request, "remove members")
+        await service.remove_conversation_member(
+            session,
+            conversation_id=conversation_id,
+            user_id=member_id,
+            removed_by=user_id,
+            publisher=get_backplane(),
+            on_unread_change=request.app.state.on_unread_changed,
+        )
+    return Response(status_code=204)
+
+
 def _instance_json(instance: Any) -> dict[str, Any]:
     return {"id": instance.id, "label": instance.label, "ownerId": instance.owner_id}
 
@@ -858,6 +881,8 @@ def create_api(
               methods=["GET"]),
         Route("/api/conversations/{conversation_id}/members", _endpoint(add_conversation_member),
               methods=["POST"]),
+        Route("/api/conversations/{conversation_id}/members/{user_id}",
+              _endpoint(remove_conversation_member), methods=["DELETE"]),
         # Last: anything else under /api gets a JSON 404 or 405, not the web app's page.
         Route("/api/{rest:path}", no_such_endpoint, methods=_ALL_METHODS),
     ])

@@ -437,6 +437,14 @@ def _paths() -> dict[str, Any]:
                 errors=(400, 403, 404),
             ),
         },
+        "/api/conversations/{conversation_id}/members/{user_id}": {"delete": _operation(
+            "Remove a member: every member may remove themselves (leave), only the "
+            "instance's owner may remove others, and no one may remove a bot of the "
+            "instance; people only. Removing a user who is not a member is not an error.",
+            parameters=[_CONVERSATION_ID, _path("user_id", _INT, "The member's user id.")],
+            ok={204: (None, "The user is not a member any more; no body.")},
+            errors=(400, 403, 404),
+        )},
     }
 
 

@@ -24,6 +24,12 @@ TYPING_EVENT = "typing"
 CONVERSATION_ADDED_EVENT = "conversation.added"
 """Event name published to a user's context when they join a conversation."""
 
+CONVERSATION_REMOVED_EVENT = "conversation.removed"
+"""Event name published to a user's context when they leave or are removed from a conversation."""
+
+MEMBER_REMOVED_EVENT = "member.removed"
+"""Event name published to a conversation's context after a member left or was removed."""
+
 
 @runtime_checkable
 class Publisher(Protocol):

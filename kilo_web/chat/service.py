@@ -7,8 +7,10 @@ their own transaction before they return, and roll it back on failure.
 The coroutines publish to the conversation's context through a
 ``Publisher`` once their write is committed: ``post_message`` publishes
 ``message.created``, ``edit_message`` ``message.updated`` and
-``delete_message`` ``message.deleted``. A failed publish is logged and never
-undoes the write. ``publish_typing`` writes nothing and only publishes the
+``delete_message`` ``message.deleted``. ``remove_conversation_member``
+publishes ``member.removed`` there and ``conversation.removed`` on the
+removed user's context. A failed publish is logged and never undoes the
+write. ``publish_typing`` writes nothing and only publishes the
 ephemeral ``typing`` event.
 
 Editing, deleting and typing never touch read positions, unread counts or
@@ -26,8 +28,8 @@ import datetime
 import logging
 import re
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, select
@@ -42,6 +44,7 @@ from kilo_web.chat.errors import (
     InvalidNameError,
     MessageDeletedError,
     MessageNotFoundError,
+    NotAllowedError,
     NotAMemberError,
     NotMessageSenderError,
     UserNotFoundError,
@@ -54,6 +57,7 @@ from kilo_web.chat.models import (
     Bot,
     Conversation,
     ConversationMember,
+    ConversationReadState,
     Instance,
     InstanceMember,
     LocalUser,
@@ -63,13 +67,23 @@ from kilo_web.chat.models import (
 )
 from kilo_web.chat.publisher import (
     CONVERSATION_ADDED_EVENT,
+    CONVERSATION_REMOVED_EVENT,
+    MEMBER_REMOVED_EVENT,
     MESSAGE_CREATED_EVENT,
     MESSAGE_DELETED_EVENT,
     MESSAGE_UPDATED_EVENT,
     TYPING_EVENT,
     Publisher,
 )
-from kilo_web.event_service.contexts import kiloclaw_conversation_context, user_context
+from kilo_web.event_service.contexts import (
+    kiloclaw_conversation_context,
+    kiloclaw_conversation_presence_context,
+    user_context,
+)
+from kilo_web.event_service.control import ACCESS_REVOKED_COMMAND, announce_access_revoked
+
+if TYPE_CHECKING:
+    from kilo_web.chat.read_state import UnreadChangeHook
 
 logger = logging.getLogger(__name__)
 
@@ -475,6 +489,174 @@ async def announce_conversation(
         except Exception:
             logger.exception("failed to announce conversation %s to user %s",
                              conversation.id, user_id)
+
+
+def _check_may_remove(
+    session: Session, conversation: Conversation, user_id: int, removed_by: int
+) -> None:
+    """Raise NotAllowedError unless ``removed_by`` may take ``user_id`` out of ``conversation``."""
+    if removed_by != user_id:
+        instance = get_instance(session, conversation.instance_id)
+        if instance.owner_id != removed_by:
+            raise NotAllowedError(
+                f"user {removed_by} may not remove user {user_id} from conversation "
+                f"{conversation.id!r}: only the owner of instance {instance.id!r} may remove "
+                "other members, and every member may remove themselves"
+            )
+    bot = session.get(Bot, user_id)
+    if bot is not None and bot.instance_id == conversation.instance_id:
+        raise NotAllowedError(
+            f"user {user_id} is a bot of instance {conversation.instance_id!r} and takes part "
+            "in every conversation of it, so it cannot be removed from one; revoke its API "
+            "keys to stop it"
+        )
+
+
+def _delete_membership(
+    session: Session,
+    conversation_id: str,
+    user_id: int,
+    *,
+    now: datetime.datetime,
+    dispatch_window: datetime.timedelta | None,
+) -> bool:
+    """Delete a membership and its read position, recount the user's badge; commit.
+
+    Returns False, with nothing changed, when ``user_id`` was not a member
+    because a concurrent removal committed first.
+    """
+    # accounting imports this module through read_state, so it is imported at call time.
+    from kilo_web.notifications import accounting
+
+    try:
+        deleted = session.exec(
+            sa.delete(ConversationMember).where(
+                ConversationMember.conversation_id == conversation_id,
+                ConversationMember.user_id == user_id,
+            )
+        ).rowcount
+        if deleted == 0:
+            session.rollback()
+            return False
+        session.exec(
+            sa.delete(ConversationReadState).where(
+                ConversationReadState.conversation_id == conversation_id,
+                ConversationReadState.user_id == user_id,
+            )
+        )
+        # In the same transaction, so the badge drops exactly when the membership goes.
+        accounting.refresh_user_badges(session, user_id, now=now, window=dispatch_window)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return True
+
+
+async def remove_conversation_member(
+    session: Session,
+    *,
+    conversation_id: str,
+    user_id: int,
+    removed_by: int,
+    publisher: Publisher,
+    on_unread_change: UnreadChangeHook | None = None,
+    dispatch_window: datetime.timedelta | None = None,
+) -> bool:
+    """Take ``user_id`` out of a conversation, commit, then tell every node and client.
+
+    Every member may remove themselves (leave). Only the owner of the
+    conversation's instance may remove someone else. A bot of the
+    conversation's instance cannot be removed, because bots take part in
+    every conversation of their instance. The user stays a member of the
+    instance.
+
+    Removing a user who is not a member changes and publishes nothing, so
+    the call is idempotent. It returns True when this call removed the user
+    and False otherwise. The user's read position in the conversation is deleted
+    and their badge buckets are recounted in the same transaction, so their
+    badge drops by the conversation's counted unread messages exactly once.
+
+    After the commit it publishes, in this order: ``access.revoked`` on the
+    event service's control context, so every node drops the user's
+    subscriptions to the conversation and its presence context; then
+    ``member.removed`` on the conversation's context; then
+    ``conversation.removed`` and ``unread.changed`` on the user's context.
+    ``on_unread_change`` (the notifications service's badge push) is called
+    when the badge number changed. ``dispatch_window`` is the push claim
+    window, as in ``read_state.mark_read``. Publish and hook failures are
+    logged and swallowed, because the removal is committed.
+
+    Raises ConversationNotFoundError or UserNotFoundError for unknown ids
+    and NotAllowedError for a removal the rules above reject, all before
+    anything is written.
+    """
+    # Both import this module, so they are imported at call time.
+    from kilo_web.chat import read_state
+    from kilo_web.notifications import accounting
+
+    conversation = get_conversation(session, conversation_id)
+    instance_id = conversation.instance_id
+    get_user(session, user_id)
+    get_user(session, removed_by)
+    _check_may_remove(session, conversation, user_id, removed_by)
+    if not is_conversation_member(session, conversation_id, user_id):
+        return False
+
+    badge_before = accounting.device_badge(session, user_id)
+    removed = _delete_membership(
+        session, conversation_id, user_id, now=utc_now(), dispatch_window=dispatch_window
+    )
+    if not removed:
+        return False
+    if removed_by == user_id:
+        logger.info("user %s left conversation %s", user_id, conversation_id)
+    else:
+        logger.info("user %s removed user %s from conversation %s",
+                    removed_by, user_id, conversation_id)
+
+    await _publish_removal(publisher, instance_id, conversation_id, user_id, removed_by)
+    summary = read_state.unread_summary(session, user_id)
+    await read_state.publish_unread_changed(publisher, summary)
+    if on_unread_change is not None and summary.badge != badge_before:
+        try:
+            await on_unread_change(summary)
+        except Exception:
+            logger.exception("unread change hook failed for user %s after leaving "
+                             "conversation %s", user_id, conversation_id)
+    return True
+
+
+async def _publish_removal(
+    publisher: Publisher, instance_id: str, conversation_id: str, user_id: int, removed_by: int
+) -> None:
+    """Publish the control command and the events of a committed removal, in order."""
+    context = kiloclaw_conversation_context(instance_id, conversation_id)
+    revoked = [context, kiloclaw_conversation_presence_context(instance_id, conversation_id)]
+    steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+        (ACCESS_REVOKED_COMMAND, lambda: announce_access_revoked(publisher, user_id, revoked)),
+        (MEMBER_REMOVED_EVENT, lambda: publisher.publish(context, MEMBER_REMOVED_EVENT, {
+            "conversationId": conversation_id,
+            "instanceId": instance_id,
+            "userId": user_id,
+            "removedBy": removed_by,
+        })),
+        (CONVERSATION_REMOVED_EVENT, lambda: publisher.publish(
+            user_context(user_id), CONVERSATION_REMOVED_EVENT,
+            {"conversationId": conversation_id, "instanceId": instance_id},
+        )),
+    ]
+    # The revocation goes first, so the removed user's connections are no
+    # longer subscribed when member.removed reaches the conversation's context.
+    for name, publish in steps:
+        try:
+            await publish()
+        except Exception:
+            # Any publisher failure is caught because the removal is committed.
+            # Clients see it on their next load. A node that missed the revocation
+            # keeps delivering to the user's open subscription until it closes.
+            logger.exception("failed to publish %s for user %s leaving conversation %s",
+                             name, user_id, conversation_id)
 
 
 def conversation_member_ids(session: Session, conversation_id: str) -> list[int]:

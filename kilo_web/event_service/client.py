@@ -17,6 +17,17 @@ when it resubscribes after a reconnect. The server replays what was missed,
 or reports that it cannot; then handlers of ``context.recovery_failed``
 get a local event for that context and should reload it from its source.
 
+Revocation: when the server sends ``access.revoked`` (the user left a
+conversation, say), the client sets the count of each named context to
+zero and forgets its stream position before the event reaches handlers,
+so no reconnect subscribes it again. A subscribe frame with one forbidden
+context subscribes nothing, so resubscribing a revoked context would also
+lose every other context of that frame. When that happens all the same
+(the context was revoked while the socket was down), the client forgets
+the contexts the ``forbidden`` error lists and sends the rest of the frame
+again. It matches the error to its frame by order, because the server
+replies to the frames of a connection in the order they arrive.
+
 Tokens: the client reads the expiry of each token (without verifying it:
 the server does that) and fetches a fresh one before it runs out, one
 fetch at a time, sending it in band with ``auth.refresh``.
@@ -25,6 +36,7 @@ fetch at a time, sending it in band with ``auth.refresh``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import logging
 import random
@@ -160,6 +172,8 @@ class EventServiceClient:
         self._positions: dict[str, protocol.StreamPosition] = {}
         self._recovering: set[str] = set()
         """Contexts resubscribed with ``since`` whose acknowledgement is pending."""
+        self._unreplied: collections.deque[tuple[str, ...]] = collections.deque()
+        """Contexts of each subscribe frame sent on this socket without a reply yet, oldest first."""
         self._refresh_task: asyncio.Task[None] | None = None
         self.refresh_count = 0
         """How many tokens were accepted in band with ``auth.refresh``."""
@@ -287,6 +301,9 @@ class EventServiceClient:
         socket = self._socket
         if socket is None:
             return  # Sent with the full set on the next connect.
+        if isinstance(frame, protocol.Subscribe):
+            # Recorded before the send, because the reply may be read before it returns.
+            self._unreplied.append(frame.contexts)
         try:
             await socket.send(protocol.encode(frame))
         except ConnectionClosed:
@@ -299,7 +316,9 @@ class EventServiceClient:
     def on(self, event: str, handler: EventHandler) -> Callable[[], None]:
         """Call ``handler`` for each event named ``event`` (``"*"``: every server event).
 
-        Besides the server's events the client dispatches two local ones:
+        Handlers of ``access.revoked`` run after the client dropped the named
+        contexts from its counts. Besides the server's events the client
+        dispatches two local ones:
         ``context.subscribed`` (data: the stream position) for each context the
         server acknowledged, and ``context.recovery_failed`` when missed events
         of a context could not be replayed after a reconnect.
@@ -318,7 +337,11 @@ class EventServiceClient:
                 del self._handlers[event]
 
     def on_error(self, handler: ErrorHandler) -> Callable[[], None]:
-        """Call ``handler`` for each ``error`` frame; returns a remover."""
+        """Call ``handler`` for each ``error`` frame; returns a remover.
+
+        For a ``forbidden`` subscribe error, the handler runs after the client
+        dropped the contexts the error lists and sent the rest of the frame again.
+        """
         self._error_handlers.append(handler)
         return lambda: self._error_handlers.remove(handler) if handler in self._error_handlers else None
 
@@ -447,6 +470,7 @@ class EventServiceClient:
 
     async def _on_open(self, socket: ClientConnection) -> None:
         async with self._lock:
+            self._unreplied.clear()
             active = self._counts.active()
             # One frame may carry at most MAX_CONTEXTS_PER_FRAME contexts.
             step = protocol.MAX_CONTEXTS_PER_FRAME
@@ -454,6 +478,7 @@ class EventServiceClient:
                 batch = tuple(active[start : start + step])
                 since = {c: self._positions[c] for c in batch if c in self._positions}
                 self._recovering.update(since)
+                self._unreplied.append(batch)
                 await socket.send(protocol.encode(protocol.Subscribe(batch, since=since or None)))
             self._socket = socket
             self.connect_count += 1
@@ -478,8 +503,11 @@ class EventServiceClient:
                 continue
             if isinstance(frame, Event):
                 self._advance(frame)
+                if frame.event == protocol.ACCESS_REVOKED_EVENT:
+                    await self._forget_revoked(frame)
                 await self._dispatch(frame)
             elif isinstance(frame, protocol.Subscribed):
+                self._pop_replied()
                 await self._acknowledged(frame)
             elif isinstance(frame, protocol.AuthRefreshed):
                 self.refresh_count += 1
@@ -487,8 +515,55 @@ class EventServiceClient:
                             self.name, frame.expires_at)
             elif isinstance(frame, protocol.Error):
                 logger.warning("%s: server error %s: %s", self.name, frame.code, frame.message)
+                if frame.frame_type == "context.subscribe":
+                    rejected = self._pop_replied()
+                    if frame.code == protocol.ErrorCode.FORBIDDEN.value and frame.contexts:
+                        await self._retry_without(rejected, frame.contexts)
                 for handler in list(self._error_handlers):
                     await self._guarded(handler, frame)
+
+    async def _forget_revoked(self, event: Event) -> None:
+        """Drop every hold of the contexts an ``access.revoked`` event names."""
+        contexts = event.data.get("contexts")
+        if not isinstance(contexts, list):
+            logger.warning("%s: ignoring access.revoked without a list 'contexts': %r",
+                           self.name, event.data)
+            return
+        async with self._lock:
+            forgotten = self._forget_locked([c for c in contexts if isinstance(c, str)])
+        if forgotten:
+            logger.info("%s: access revoked, dropped %s", self.name, ", ".join(forgotten))
+
+    def _forget_locked(self, contexts: Iterable[str]) -> list[str]:
+        """Set the counts of ``contexts`` to zero and drop their positions; return those held."""
+        counts = self._counts.snapshot()
+        forgotten = []
+        for context in contexts:
+            if context in counts:
+                self._counts.release([context] * counts[context])
+                forgotten.append(context)
+            self._positions.pop(context, None)
+            self._recovering.discard(context)
+        return forgotten
+
+    def _pop_replied(self) -> tuple[str, ...]:
+        """Remove the oldest subscribe frame without a reply from the queue; return its contexts."""
+        # NOTE: a subscribe frame that the server drops under its frame rate limit
+        # gets no reply of its own, so later replies match the wrong frame until
+        # the next connect.
+        return self._unreplied.popleft() if self._unreplied else ()
+
+    async def _retry_without(self, rejected: tuple[str, ...], forbidden: Sequence[str]) -> None:
+        """Forget the ``forbidden`` contexts of a rejected subscribe and send the rest again."""
+        async with self._lock:
+            forgotten = self._forget_locked(forbidden)
+            retry = tuple(c for c in rejected if c in self._counts)
+            if retry:
+                since = {c: self._positions[c] for c in retry if c in self._positions}
+                self._recovering.update(since)
+                await self._send_locked(protocol.Subscribe(retry, since=since or None))
+        logger.warning("%s: subscribe forbidden for %s; dropped them and sent %d other "
+                       "contexts again", self.name, ", ".join(forgotten or forbidden), len(retry))
 
     def _advance(self, event: Event) -> None:
         position = self._positions.get(event.context)

@@ -29,6 +29,14 @@ client that missed one has lost nothing.
 """
 
 
+ACCESS_REVOKED_EVENT = "access.revoked"
+"""Event the server sends on ``/users/{id}`` after it dropped the user's subscriptions.
+
+Its data is ``{"contexts": [...]}``: the contexts the user may no longer
+hold. The client forgets them, so it never subscribes them again by itself.
+"""
+
+
 class ErrorCode(str, enum.Enum):
     """Codes of the ``error`` frames the server sends for a rejected frame."""
 
@@ -278,6 +286,8 @@ class Error:
     code: str
     message: str
     frame_type: str | None = None
+    contexts: tuple[str, ...] | None = None
+    """For ``forbidden``, the contexts of the frame that the user may not subscribe to."""
     type: str = dataclasses.field(default="error", init=False)
 
 
@@ -389,10 +399,16 @@ def parse_server_frame(text: str | bytes) -> ServerFrame:
                 frame_type="error",
             )
         frame_type_field = frame.get("frame_type")
+        contexts = frame.get("contexts")
         return Error(
             code=code,
             message=message,
             frame_type=frame_type_field if isinstance(frame_type_field, str) else None,
+            contexts=(
+                tuple(contexts)
+                if isinstance(contexts, list) and all(isinstance(c, str) for c in contexts)
+                else None
+            ),
         )
     raise ProtocolError(
         ErrorCode.UNKNOWN_TYPE, f"unknown server frame type {frame_type!r}"

@@ -33,10 +33,18 @@ from websockets.http11 import Request, Response
 from kilo_web.event_service import protocol
 from kilo_web.event_service.access import Authorizer
 from kilo_web.event_service.backplane import Backplane, InMemoryBackplane
-from kilo_web.event_service.contexts import PLATFORM_PRESENCE_CONTEXT, is_presence_context
+from kilo_web.event_service.contexts import (
+    PLATFORM_PRESENCE_CONTEXT,
+    InvalidContextError,
+    is_presence_context,
+    user_context,
+)
 from kilo_web.event_service.control import (
+    ACCESS_REVOKED_COMMAND,
     CONTROL_CONTEXT,
     TOKENS_REVOKED_EVENT,
+    AccessRevoked,
+    InvalidCommandError,
     is_system_context,
 )
 from kilo_web.event_service.history import ContextStream
@@ -97,19 +105,23 @@ class _Connection(ServerConnection):
     before each send would.
     """
 
-    on_overflow: Callable[[], None] | None = None
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.overflow_server: EventServiceServer | None = None
+        self.overflow_session: _Session | None = None
 
     def pause_writing(self) -> None:
         super().pause_writing()
-        if self.on_overflow is not None:
-            self.on_overflow()
+        if self.overflow_server is not None and self.overflow_session is not None:
+            self.overflow_server._overflow(self.overflow_session)
 
 
 class _Session:
     """One authenticated connection and what the server tracks for it."""
 
     __slots__ = (
-        "connection", "id", "claims", "log", "bucket", "expiry", "visible", "limited_at", "slow",
+        "connection", "id", "claims", "bucket", "expiry", "visible", "limited_at", "slow",
+        "subscribing", "revoked_while_subscribing",
     )
 
     def __init__(
@@ -125,7 +137,20 @@ class _Session:
         self.limited_at = float("-inf")
         self.slow = False
         """Set once the connection fell too far behind; nothing more is sent to it."""
-        self.log = _SessionLog(logger, {"connection_id": session_id, "user_id": claims.user_id})
+        self.subscribing: frozenset[str] = frozenset()
+        """Contexts of the subscribe frame being handled, which awaits the authorizer."""
+        # Empty frozensets are one shared object, so idle connections pay nothing for these.
+        self.revoked_while_subscribing: frozenset[str] = frozenset()
+        """Contexts of ``subscribing`` whose access was revoked before the frame took effect."""
+
+    @property
+    def log(self) -> _SessionLog:
+        """A logger that names the connection and the user.
+
+        Made on each use: connections log rarely, and keeping one per
+        connection would cost memory on every idle one.
+        """
+        return _SessionLog(logger, {"connection_id": self.id, "user_id": self.claims.user_id})
 
     @property
     def user_id(self) -> str:
@@ -343,6 +368,14 @@ class EventServiceServer:
                 self._control_tasks.add(task)
                 task.add_done_callback(self._control_tasks.discard)
                 return
+        if event == ACCESS_REVOKED_COMMAND:
+            try:
+                command = AccessRevoked.parse(data)
+            except InvalidCommandError as exc:
+                logger.warning("ignored control event %s: %s", event, exc)
+                return
+            self.revoke_access(command.user_id, command.contexts)
+            return
         logger.warning("ignored control event %s with data %r", event, data)
 
     # Introspection ----------------------------------------------------------
@@ -416,6 +449,61 @@ class EventServiceServer:
             await session.connection.close(protocol.CloseCode.TOKEN_REVOKED, "token revoked")
         return len(sessions)
 
+    def revoke_access(self, user_id: str, contexts: Iterable[str]) -> int:
+        """Drop the subscriptions of ``user_id`` to ``contexts`` on this node.
+
+        Each connection goes through the steps of an unsubscribe: presence
+        leave, cached rooms, and the backplane unwatch once no connection of
+        the node holds a context. A subscribe frame of the user that names
+        one of the contexts and is still waiting for the authorizer is cut
+        down to the other contexts. Every connection that lost a context, or
+        had one in such a frame, then gets the event ``access.revoked``
+        ``{"contexts": [...]}`` on ``/users/{id}``. Returns the number of
+        those connections.
+        """
+        revoked = tuple(dict.fromkeys(contexts))
+        affected: list[_Session] = []
+        for session in [s for s in self._sessions.values() if s.user_id == user_id]:
+            held = [c for c in revoked if c in self._table.contexts_of(session.id)]
+            pending = [c for c in revoked if c in session.subscribing]
+            if pending:
+                session.revoked_while_subscribing |= frozenset(pending)
+            if not held and not pending:
+                continue
+            stopped = self._table.unsubscribe(session.id, held)
+            self._forget_rooms(held)
+            self._release(session, held, stopped)
+            session.log.info("access revoked to %s", ", ".join(dict.fromkeys(held + pending)))
+            affected.append(session)
+        if affected:
+            self._send_access_revoked(user_id, affected, revoked)
+        return len(affected)
+
+    def _send_access_revoked(
+        self, user_id: str, affected: list[_Session], revoked: tuple[str, ...]
+    ) -> None:
+        """Send ``access.revoked`` on the user's context to ``affected`` and its holders."""
+        try:
+            context = user_context(user_id)
+        except InvalidContextError:
+            logger.warning("user id %r makes no user context; access.revoked not sent", user_id)
+            return
+        data = {"contexts": list(revoked)}
+        holders = self._table.holders(context)
+        stream = self._streams.get(context)
+        if stream is not None:
+            # Numbered like any event of the context, so a holder that drops
+            # now can have it replayed.
+            _, frame = stream.append(lambda seq: protocol.encode_event(
+                context, protocol.ACCESS_REVOKED_EVENT, data, seq))
+            broadcast(self._room(context), frame)
+        # A connection that does not hold its user context gets the event
+        # without a seq, because no stream of it exists for that connection.
+        plain = protocol.encode_ephemeral(context, protocol.ACCESS_REVOKED_EVENT, data)
+        for session in affected:
+            if stream is None or session.id not in holders:
+                self._write(session, plain)
+
     # Handshake --------------------------------------------------------------
 
     async def _verify(self, token: str) -> TokenClaims:
@@ -459,7 +547,8 @@ class EventServiceServer:
         session = _Session(next(self._ids), connection, claims, bucket)
         self._sessions[session.id] = session
         if isinstance(connection, _Connection):
-            connection.on_overflow = lambda: self._overflow(session)
+            connection.overflow_server = self
+            connection.overflow_session = session
         self._arm_expiry(session)
         session.log.info("connection opened (source %s)", claims.token_source)
         try:
@@ -518,7 +607,13 @@ class EventServiceServer:
             self._frame_observer(session.id, frame)
 
         if isinstance(frame, protocol.Subscribe):
-            await self._subscribe(session, frame)
+            # Frames of one connection are handled one at a time, so one set suffices.
+            session.subscribing = frozenset(frame.contexts)
+            try:
+                await self._subscribe(session, frame)
+            finally:
+                session.subscribing = frozenset()
+                session.revoked_while_subscribing = frozenset()
         elif isinstance(frame, protocol.Unsubscribe):
             self._unsubscribe(session, frame)
         else:
@@ -633,6 +728,7 @@ class EventServiceServer:
                     f"{_forbidden_hint(forbidden)}; nothing in this frame was subscribed"
                 ),
                 frame_type=frame.type,
+                contexts=tuple(forbidden),
             ))
             return
         if PLATFORM_PRESENCE_CONTEXT in new:
@@ -664,15 +760,16 @@ class EventServiceServer:
                 return
         if session.id not in self._sessions:
             return  # The connection closed while the backplane was busy.
+        contexts = self._drop_revoked(session, frame.contexts)
 
         # From here to the last write nothing awaits, so no event slips between.
-        self._table.subscribe(session.id, frame.contexts)
-        self._forget_rooms(frame.contexts)
+        self._table.subscribe(session.id, contexts)
+        self._forget_rooms(contexts)
         streams: dict[str, protocol.StreamPosition] = {}
         replays: list[str] = []
         failed: list[str] = []
         since = frame.since or {}
-        for context in frame.contexts:
+        for context in contexts:
             stream = self._streams[context]
             streams[context] = protocol.StreamPosition(stream=stream.id, seq=stream.seq)
             position = since.get(context)
@@ -684,13 +781,34 @@ class EventServiceServer:
             else:
                 replays.extend(frames)
         self._write(session, protocol.Subscribed(
-            contexts=frame.contexts, streams=streams, recovery_failed=tuple(failed) or None,
+            contexts=contexts, streams=streams, recovery_failed=tuple(failed) or None,
         ))
         for text in replays:
             self._write(session, text)
-        for context in frame.contexts:
+        for context in contexts:
             if is_presence_context(context):
                 self._track_presence(session, context)
+
+    def _drop_revoked(self, session: _Session, contexts: tuple[str, ...]) -> tuple[str, ...]:
+        """Leave out of a subscribe the contexts revoked while the authorizer was awaited.
+
+        The authorizer allowed them before the revocation was committed. The
+        connection was sent ``access.revoked`` for them, so its client forgets
+        them, and the rest of the frame is subscribed as usual.
+        """
+        revoked = session.revoked_while_subscribing
+        if not revoked.intersection(contexts):
+            return contexts
+        loop = asyncio.get_running_loop()
+        for context in revoked.intersection(contexts):
+            # _open_stream cancelled the linger timer of a stream this frame reopened.
+            if not self._table.holders(context) and context not in self._lingering:
+                self._lingering[context] = loop.call_later(
+                    self._history_linger, self._close_stream, context
+                )
+        session.log.info("subscribe of %s skipped: access revoked meanwhile",
+                         ", ".join(sorted(revoked.intersection(contexts))))
+        return tuple(c for c in contexts if c not in revoked)
 
     def _open_stream(self, context: str) -> bool:
         """Make sure ``context`` has a stream; return True if the backplane must watch it."""

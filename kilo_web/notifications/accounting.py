@@ -222,11 +222,16 @@ def _recipient_state(
     session: Session, facts: MessageFacts, recipient_id: int
 ) -> tuple[bool, bool]:
     """Return (is a member now, message is unread for them), locking their read position."""
+    # The shared lock makes a concurrent removal of the member wait for this
+    # claim, or this claim wait for the removal and then find no member, so
+    # a removal's badge recount never misses an increment.
     joined_at = session.execute(
-        sa.select(_members.c.joined_at).where(
+        sa.select(_members.c.joined_at)
+        .where(
             _members.c.conversation_id == facts.conversation_id,
             _members.c.user_id == recipient_id,
         )
+        .with_for_update(read=True)
     ).scalar_one_or_none()
     if joined_at is None:
         return False, False

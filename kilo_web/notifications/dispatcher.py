@@ -40,6 +40,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from kilo_web.chat import read_state
+from kilo_web.chat.errors import NotAMemberError
 from kilo_web.chat.models import Conversation, ConversationMember, Instance, Message, UserProfile
 from kilo_web.chat.publisher import Publisher
 from kilo_web.notifications import accounting
@@ -272,6 +273,12 @@ class PushDispatcher:
                     now=self._clock.now(), dispatch_window=self._window,
                 )
                 session.commit()
+            except NotAMemberError:
+                # Removed from the conversation since the recipients were loaded.
+                session.rollback()
+                logger.info("user %s left conversation %s before message %s was marked read",
+                            user_id, facts.conversation_id, facts.message_id)
+                return
             except BaseException:
                 session.rollback()
                 raise

@@ -10,7 +10,7 @@ import pytest
 from kilo_web.accounts.users import create_bot_user
 from kilo_web.bots.api_client import ApiError, ChatApiClient
 from kilo_web.bots.demo import DemoBot
-from kilo_web.chat import bots
+from kilo_web.chat import bots, service
 from kilo_web.event_service.client import SUBSCRIBED
 from kilo_web.event_service.contexts import kiloclaw_conversation_context
 from kilo_web.event_service.embedded import get_backplane, server_from_settings
@@ -128,6 +128,31 @@ async def test_bot_replies_in_new_conversation(stack, alice_inbox, running_bot):
     assert reply.context == context
     assert reply.data["blocks"][0]["text"].startswith("### Kilo Bot commands")
     assert context in stack.event_service.subscriptions_of(str(stack.bot.id))
+
+
+async def test_bot_forgets_conversation_it_was_removed_from(stack, alice_inbox, running_bot):
+    await wait_until_online(stack, alice_inbox)
+    # A bot of one instance can be removed only from a conversation of another one.
+    elsewhere = service.create_instance(stack.session, owner_id=stack.alice.id, label="Elsewhere")
+    conversation = service.create_conversation(
+        stack.session, instance_id=elsewhere.id, title="Guests", creator_id=stack.alice.id,
+        member_ids=[stack.bot.id])
+    context = kiloclaw_conversation_context(elsewhere.id, conversation.id)
+    bot_id = str(stack.bot.id)
+    await service.announce_conversation(get_backplane(), conversation, [stack.bot.id])
+    await eventually(lambda: context in stack.event_service.subscriptions_of(bot_id),
+                     description="the bot's subscription to the new conversation")
+
+    removed = await service.remove_conversation_member(
+        stack.session, conversation_id=conversation.id, user_id=stack.bot.id,
+        removed_by=stack.alice.id, publisher=get_backplane())
+    await eventually(lambda: conversation.id not in running_bot.conversations,
+                     description="the bot to drop the conversation")
+
+    assert removed is True
+    assert context not in stack.event_service.subscriptions_of(bot_id)
+    assert context not in running_bot.client.counts
+    assert "conv-1" in running_bot.conversations
 
 
 async def test_bot_ignores_other_bots(stack, alice_inbox, running_bot):

@@ -60,6 +60,22 @@ def test_encode_error_drops_none_fields():
     }
 
 
+def test_forbidden_error_round_trips_contexts():
+    error = protocol.Error(code="forbidden", message="no", frame_type="context.subscribe",
+                           contexts=("/kiloclaw/s1/c1",))
+
+    text = protocol.encode(error)
+
+    assert json.loads(text)["contexts"] == ["/kiloclaw/s1/c1"]
+    assert protocol.parse_server_frame(text) == error
+
+
+def test_parse_error_ignores_malformed_contexts():
+    text = '{"type": "error", "code": "forbidden", "message": "no", "contexts": [1]}'
+
+    assert protocol.parse_server_frame(text).contexts is None
+
+
 def test_parse_server_frame_rejects_bad_event():
     with pytest.raises(ProtocolError):
         protocol.parse_server_frame('{"type": "event", "context": 1, "event": "x"}')

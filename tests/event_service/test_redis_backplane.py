@@ -16,7 +16,7 @@ import redis.asyncio as redis
 
 from kilo_web.event_service import EventServiceClient, EventServiceServer
 from kilo_web.event_service.cluster_presence import ClusterPresence
-from kilo_web.event_service.control import announce_revocation
+from kilo_web.event_service.control import announce_access_revoked, announce_revocation
 from kilo_web.event_service.protocol import CloseCode
 from kilo_web.event_service.redis_backplane import RedisBackplane, decode, encode
 from tests.event_service.conftest import SECRET, Inbox, TokenSource, eventually
@@ -274,3 +274,30 @@ async def test_cluster_viewers_drop_a_released_connection_at_once(make_backplane
         for client in clients:
             await client.aclose()
 
+
+
+async def test_access_revocation_through_redis_reaches_other_node(two_nodes, make_backplane):
+    node_a, node_b = two_nodes
+    conversation, other = "/kiloclaw/s1/c1", "/kiloclaw/s1/c2"
+    carol = await connected_client(node_b.url, "carol")
+    inbox = Inbox()
+    carol.on("*", inbox)
+    try:
+        await carol.subscribe(["/users/carol", conversation, other])
+        await eventually(lambda: len(node_b.subscriptions_of("carol")) == 3,
+                         message="carol's subscriptions on node B")
+
+        # Announced through a backplane of neither node, as the chat service would.
+        await announce_access_revoked(make_backplane(), "carol", [conversation])
+        await eventually(lambda: any(e.event == "access.revoked" for e in inbox.events),
+                         message="access.revoked on node B")
+        await node_a.publish(conversation, "message.created", {"n": 1})
+        await node_a.publish(other, "message.created", {"n": 2})
+        await eventually(lambda: any(e.context == other for e in inbox.events),
+                         message="the event on the other context")
+
+        assert set(node_b.subscriptions_of("carol")) == {"/users/carol", other}
+        assert carol.counts == {"/users/carol": 1, other: 1}
+        assert [e.data for e in inbox.events if e.event == "message.created"] == [{"n": 2}]
+    finally:
+        await carol.close()

@@ -7,6 +7,7 @@ when nothing listens there.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import datetime
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlmodel import Session
 
-from kilo_web.chat import read_state
+from kilo_web.chat import read_state, service
 from kilo_web.chat.database import make_engine, upgrade_database
 from kilo_web.chat.models import utc_now
 from kilo_web.notifications import accounting
@@ -156,6 +157,37 @@ async def test_postgres_claims_race_reads(pg_engine, pg_factory, pg_world):
     with pg_factory() as session:
         assert accounting.device_badge(session, world.bob) == read_state.unread_total(session, world.bob)
         assert read_state.unread_total(session, world.bob) == 3
+
+
+async def test_postgres_claims_race_removal(pg_engine, pg_factory, pg_world):
+    # Claims of bob's pushes run at once with his removal from one conversation.
+    world = pg_world
+    with pg_factory() as session:
+        general = [await post(session, world, world.general, world.alice) for _ in range(10)]
+        random = [await post(session, world, world.random, world.alice) for _ in range(3)]
+    now = utc_now()
+
+    def claim(message_id):
+        with Session(pg_engine) as session:
+            facts = load_message_context(session, message_id).facts
+            accounting.claim_delivery(session, facts, world.bob, now=now, window=TTL)
+
+    def remove(_):
+        with Session(pg_engine) as session:
+            return asyncio.run(service.remove_conversation_member(
+                session, conversation_id=world.general, user_id=world.bob,
+                removed_by=world.bob, publisher=RecordingPublisher(), dispatch_window=TTL))
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
+        futures = [pool.submit(claim, m) for m in general[:5]]
+        futures.append(pool.submit(remove, None))
+        futures += [pool.submit(claim, m) for m in general[5:] + random]
+        results = [future.result() for future in futures]
+
+    assert True in results
+    with pg_factory() as session:
+        assert read_state.unread_total(session, world.bob) == 3
+        assert accounting.device_badge(session, world.bob) == 3
 
 
 async def test_postgres_timer_survives_restart(pg_factory, pg_world):
