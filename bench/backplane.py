@@ -250,9 +250,11 @@ def run(plan: BackplanePlan, secret: str) -> dict[str, Any]:
     for subscribers in plan.subscriber_counts:
         workers: list[Worker] = []
         try:
+            # A prefix per set-up, so the nodes of one never get the other's events.
             setups = [
-                _start_setup(plan, name, nodes, uses_redis, secret, subscribers, prefix, workers)
-                for name, nodes, uses_redis in SETUPS
+                _start_setup(plan, name, nodes, uses_redis, secret, subscribers,
+                             f"{prefix}{index}:", workers)
+                for index, (name, nodes, uses_redis) in enumerate(SETUPS)
             ]
             for setup in setups:
                 _warm_up(setup)
