@@ -18,17 +18,22 @@ from collections.abc import Callable
 class ContextStream:
     """The numbered events of one context, keeping the newest ``max_events``."""
 
-    __slots__ = ("id", "seq", "_events")
+    __slots__ = ("id", "seq", "_events", "_max_events")
 
     def __init__(self, max_events: int) -> None:
         self.id = secrets.token_hex(6)
         self.seq = 0
-        self._events: collections.deque[tuple[int, str]] = collections.deque(maxlen=max_events)
+        self._max_events = max_events
+        # Made with the first event: an empty deque takes about 750 bytes, and
+        # most contexts of idle connections (each user's own) see few events.
+        self._events: collections.deque[tuple[int, str]] | None = None
 
     def append(self, encode: Callable[[int], str]) -> tuple[int, str]:
         """Number the next event, store the frame ``encode(seq)`` returns, and return both."""
         self.seq += 1
         frame = encode(self.seq)
+        if self._events is None:
+            self._events = collections.deque(maxlen=self._max_events)
         self._events.append((self.seq, frame))
         return self.seq, frame
 
@@ -38,7 +43,8 @@ class ContextStream:
             return None
         if seq == self.seq:
             return []
-        oldest = self._events[0][0] if self._events else self.seq + 1
+        events = self._events or ()
+        oldest = events[0][0] if events else self.seq + 1
         if seq + 1 < oldest:
             return None
-        return [frame for number, frame in self._events if number > seq]
+        return [frame for number, frame in events if number > seq]
