@@ -45,6 +45,8 @@ from kilo_web.chat import read_state
 from kilo_web.chat.database import DATABASE_UNAVAILABLE
 from kilo_web.chat.publisher import (
     CONVERSATION_ADDED_EVENT,
+    CONVERSATION_REMOVED_EVENT,
+    MEMBER_REMOVED_EVENT,
     MESSAGE_DELETED_EVENT,
     MESSAGE_UPDATED_EVENT,
     TYPING_EVENT,
@@ -82,6 +84,9 @@ MESSAGE_PAGE_SIZE = 50
 
 MAX_LOADED_MESSAGES = 4 * MESSAGE_PAGE_SIZE
 """Maximum number of stored messages the page keeps, and renders, at once."""
+
+READ_CONTEXT_MESSAGES = 5
+"""Read messages shown above the first unread one after a jump to it."""
 
 
 class InstanceItem(TypedDict):
@@ -225,6 +230,8 @@ class ChatState(reflex_local_auth.LocalAuthState):
     display_name: str = ""
     error_message: str = ""
     info_message: str = ""
+    is_instance_owner: bool = False
+    """True when the signed-in user owns the open conversation's instance."""
     instance_online: list[str] = []
     """Users present on the selected instance's presence context."""
     conversation_viewers: list[str] = []
@@ -248,6 +255,8 @@ class ChatState(reflex_local_auth.LocalAuthState):
     _read_seq_conversation: str = ""
     scroll_to_newest: int = 0
     """Incremented to make the page scroll the message list to its end."""
+    scroll_to_unread: int = 0
+    """Incremented to make the page scroll the "new messages" divider into view."""
     time_zone: str = ""
     """The browser's IANA time zone, for day separators and exact times."""
     sidebar_open: bool = False
@@ -277,16 +286,28 @@ class ChatState(reflex_local_auth.LocalAuthState):
             now=datetime.datetime.now(datetime.timezone.utc),
             time_zone=resolve_time_zone(self.time_zone),
             viewer_id=self.profile_id,
-            read_seq=self.read_seq if self.read_seq >= 0 else None,
+            # Above the window the divider would mark a message that is not the first unread.
+            read_seq=None if self.read_seq < 0 or self._unread_starts_above() else self.read_seq,
         )
 
     @rx.var
     def has_unread_divider(self) -> bool:
         """True when the message list shows the "new messages" divider."""
-        if self.read_seq < 0:
+        if self.read_seq < 0 or self._unread_starts_above():
             return False
         return any(m["seq"] > self.read_seq and m["sender_id"] != self.profile_id
                    for m in self.messages)
+
+    @rx.var
+    def unread_above_window(self) -> bool:
+        """True when the first unread message is older than every loaded one."""
+        return self.read_seq >= 0 and self._unread_starts_above()
+
+    def _unread_starts_above(self) -> bool:
+        """Tell whether messages between the read position and the window are not loaded."""
+        if not self.has_older or not self.messages:
+            return False
+        return self.messages[0]["seq"] > self.read_seq + 1
 
     @rx.event
     def set_time_zone(self, name: str):
@@ -403,8 +424,13 @@ class ChatState(reflex_local_auth.LocalAuthState):
         if self.selected_instance_id not in {i["id"] for i in self.instances}:
             self.selected_instance_id = ""
 
-    def _reload_conversation(self) -> None:
-        """Load the newest page of the open conversation and its members."""
+    def _reload_conversation(self, *, at_unread: bool = False) -> None:
+        """Load a page of the open conversation and its members.
+
+        The page is the newest one, or with ``at_unread`` the one that
+        starts just above the first unread message, so the "new messages"
+        divider is in it.
+        """
         self._refresh_presence_lists()
         if not self.selected_conversation_id:
             self.messages = []
@@ -421,19 +447,38 @@ class ChatState(reflex_local_auth.LocalAuthState):
                 self._read_seq_conversation = conversation_id
                 self.typing = []
                 self.editing_id = 0
-            # NOTE: with more unread messages than one page, the first unread is
-            # not loaded, so no divider shows until the reader scrolls up to it.
-            views = service.list_messages(
-                session, conversation_id, limit=MESSAGE_PAGE_SIZE, viewer_id=self.profile_id,
-            )
-            self.members = [
-                MemberItem(id=m.id, key=str(m.id), display_name=m.display_name, is_bot=m.is_bot)
-                for m in service.list_members(session, conversation_id)
-            ]
+            at_unread = at_unread and self.read_seq >= 0
+            if at_unread:
+                start = max(0, self.read_seq - READ_CONTEXT_MESSAGES)
+                views = service.list_messages(
+                    session, conversation_id, limit=MESSAGE_PAGE_SIZE, after_seq=start,
+                    viewer_id=self.profile_id,
+                )
+            else:
+                views = service.list_messages(
+                    session, conversation_id, limit=MESSAGE_PAGE_SIZE, viewer_id=self.profile_id,
+                )
+            self._load_members(session)
         self.messages = [_item_from_view(view) for view in views]
+        if at_unread:
+            # Message seqs start at 1, so anything at or below ``start`` is older.
+            self.has_older = start > 0
+            self.has_newer = len(views) == MESSAGE_PAGE_SIZE
+            self.scroll_to_unread += 1
+            return
         self.has_older = len(views) == MESSAGE_PAGE_SIZE
         self.has_newer = False
         self.scroll_to_newest += 1
+
+    def _load_members(self, session: Any) -> None:
+        """Load the open conversation's members and whether this user may remove them."""
+        conversation_id = self.selected_conversation_id
+        self.members = [
+            MemberItem(id=m.id, key=str(m.id), display_name=m.display_name, is_bot=m.is_bot)
+            for m in service.list_members(session, conversation_id)
+        ]
+        instance = service.get_instance(session, self.selected_instance_id)
+        self.is_instance_owner = instance.owner_id == self.profile_id
 
     def _load_page(self, *, before_seq: int | None = None,
                    after_seq: int | None = None) -> list[MessageItem]:
@@ -473,6 +518,14 @@ class ChatState(reflex_local_auth.LocalAuthState):
             self._reload_conversation()
         else:
             self.scroll_to_newest += 1
+
+    @rx.event
+    def jump_to_unread(self):
+        """Show the first unread message, loading its page first if it is not loaded."""
+        if not self.has_unread_divider:
+            self._reload_conversation(at_unread=True)
+        else:
+            self.scroll_to_unread += 1
 
     # Navigation ---------------------------------------------------------------
 
@@ -830,6 +883,53 @@ class ChatState(reflex_local_auth.LocalAuthState):
         self._reload_conversation()
         return None
 
+    @rx.event
+    async def leave_conversation(self):
+        """Take the signed-in user out of the open conversation."""
+        profile_id = await self._require_profile()
+        if profile_id is None:
+            return reflex_local_auth.LoginState.redir
+        return await self._remove(profile_id)
+
+    @rx.event
+    async def remove_member(self, user_id: int):
+        """Take a member out of the open conversation; the instance owner's action."""
+        profile_id = await self._require_profile()
+        if profile_id is None:
+            return reflex_local_auth.LoginState.redir
+        return await self._remove(int(user_id))
+
+    async def _remove(self, user_id: int) -> Any:
+        conversation_id = self.selected_conversation_id
+        if not conversation_id:
+            return _error_toast("Open a conversation first.")
+        title = self.selected_conversation_title
+        try:
+            with rx.session() as session:
+                await service.remove_conversation_member(
+                    session, conversation_id=conversation_id, user_id=user_id,
+                    removed_by=self.profile_id, publisher=get_backplane(),
+                    on_unread_change=notification_service().on_unread_changed,
+                )
+        except ChatError as exc:
+            return _error_toast(str(exc))
+        if user_id == self.profile_id:
+            self._forget_conversation(conversation_id)
+            return rx.toast.info(f"You left {title}.", id="chat-info")
+        with rx.session() as session:
+            self._load_members(session)
+        return None
+
+    def _forget_conversation(self, conversation_id: str) -> None:
+        """Drop a conversation this user no longer belongs to; open another if it was open."""
+        self.conversations = [c for c in self.conversations if c["id"] != conversation_id]
+        self.unread_counts = {k: v for k, v in self.unread_counts.items() if k != conversation_id}
+        if self.selected_conversation_id == conversation_id:
+            visible = [c for c in self.conversations
+                       if c["instance_id"] == self.selected_instance_id]
+            self.selected_conversation_id = visible[0]["id"] if visible else ""
+            self._reload_conversation()
+
     # Live events --------------------------------------------------------------
 
     def _apply_presence_events(self, events: list[Event]) -> None:
@@ -981,6 +1081,29 @@ async def _on_conversation_added(state: ChatState, events: list[Event]) -> None:
             state._reload_lists(profile_id)
 
 
+def _on_conversation_removed(state: ChatState, events: list[Event]) -> None:
+    # This user left or was removed: drop the conversation and say so if it was open.
+    removed = [event.data.get("conversationId") for event in events
+               if event.context == state.user_context]
+    titles = {c["id"]: c["title"] for c in state.conversations}
+    for conversation_id in removed:
+        if conversation_id not in titles:
+            continue  # Already dropped, as after leaving from this tab.
+        if conversation_id == state.selected_conversation_id:
+            state.info_message = (
+                f"You are no longer a member of {titles[conversation_id]}; ask one of its "
+                "members to add you again."
+            )
+        state._forget_conversation(conversation_id)
+
+
+def _on_member_removed(state: ChatState, events: list[Event]) -> None:
+    # Someone left the open conversation: show the new member list.
+    if any(event.context == state.conversation_context for event in events):
+        with rx.session() as session:
+            state._load_members(session)
+
+
 def _on_presence(state: ChatState, events: list[Event]) -> None:
     state._apply_presence_events(events)
 
@@ -1000,3 +1123,5 @@ for _subscription_event in (SUBSCRIBED, RECOVERY_FAILED):
     add_event_handler(_subscription_event, ChatState, _on_missed_events)
 add_event_handler(UNREAD_CHANGED_EVENT, ChatState, _on_unread_changed)
 add_event_handler(CONVERSATION_ADDED_EVENT, ChatState, _on_conversation_added)
+add_event_handler(CONVERSATION_REMOVED_EVENT, ChatState, _on_conversation_removed)
+add_event_handler(MEMBER_REMOVED_EVENT, ChatState, _on_member_removed)

@@ -19,7 +19,12 @@ import reflex as rx
 from reflex_components_core.core.banner import has_connection_errors
 
 from kilo_web.web.chat_state import ChatState, ConversationRow, InstanceItem, MemberItem
-from kilo_web.web.page_scripts import DocumentTitle, MessageListBehaviour, ScrollToNewest
+from kilo_web.web.page_scripts import (
+    DocumentTitle,
+    MessageListBehaviour,
+    ScrollToNewest,
+    ScrollToUnread,
+)
 from kilo_web.web.push import push_enabler
 from kilo_web.web.shell import EventServiceState, use_event_subscription, use_presence_subscription
 from kilo_web.web.timeline import FAILED, PENDING, TimelineRow
@@ -203,6 +208,19 @@ def _member_badge(member: MemberItem) -> rx.Component:
         ),
         member["display_name"],
         rx.cond(member["is_bot"], " (bot)", ""),
+        rx.cond(
+            ChatState.is_instance_owner & ~member["is_bot"]
+            & (member["id"] != ChatState.profile_id),
+            rx.icon_button(
+                rx.icon("x", size=10),
+                on_click=ChatState.remove_member(member["id"]),
+                size="1",
+                variant="ghost",
+                class_name="remove-member",
+                aria_label="Remove " + member["display_name"] + " from this conversation",
+                title="Remove from this conversation",
+            ),
+        ),
         variant="soft",
         class_name="member",
         data_user=member["key"],
@@ -460,11 +478,6 @@ def _message_list() -> rx.Component:
     )
 
 
-_JUMP_TO_UNREAD = (
-    "document.getElementById('first-unread')?.scrollIntoView({block: 'center'})"
-)
-
-
 def message_area() -> rx.Component:
     """Render the open conversation: header, members, messages and composer."""
     return rx.vstack(
@@ -478,14 +491,17 @@ def message_area() -> rx.Component:
             ),
             rx.spacer(),
             rx.cond(
-                ChatState.has_unread_divider,
-                rx.button("Jump to new messages", on_click=rx.call_script(_JUMP_TO_UNREAD),
+                ChatState.has_unread_divider | ChatState.unread_above_window,
+                rx.button("Jump to new messages", on_click=ChatState.jump_to_unread,
                           size="1", variant="soft", color_scheme="red", id="jump-to-unread"),
             ),
             rx.hstack(rx.foreach(ChatState.other_viewers, _viewer_face), id="viewers", spacing="1",
                       aria_label="People looking at this conversation"),
             rx.hstack(rx.foreach(ChatState.members, _member_badge), wrap="wrap", id="members",
                       aria_label="Members"),
+            rx.button("Leave", on_click=ChatState.leave_conversation, size="1", variant="soft",
+                      color_scheme="gray", id="leave-conversation",
+                      aria_label="Leave this conversation"),
             width="100%",
             align="center",
             wrap="wrap",
@@ -645,6 +661,7 @@ def chat_layout() -> rx.Component:
         ),
         MessageListBehaviour.create(),
         ScrollToNewest.create(),
+        ScrollToUnread.create(),
         rx.box(on_mount=rx.call_script(
             "Intl.DateTimeFormat().resolvedOptions().timeZone || ''",
             callback=ChatState.set_time_zone,

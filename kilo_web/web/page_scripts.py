@@ -5,7 +5,9 @@
   marks the list when it is scrolled up (the "jump to newest" button shows
   then). It also installs the keyboard shortcuts.
 - ``ScrollToNewest`` scrolls the list to its end whenever
-  ``ChatState.scroll_to_newest`` changes, after React has rendered the rows.
+  ``ChatState.scroll_to_newest`` changes, after React has rendered the rows,
+  and ``ScrollToUnread`` brings the "new messages" divider into view when
+  ``ChatState.scroll_to_unread`` changes.
 - ``DocumentTitle`` writes the unread total into the tab title and draws a
   badge on the favicon while it is above zero.
 
@@ -79,6 +81,15 @@ useEffect(() => {
         const element = list();
         if (!element) return;
         element.scrollTop = element.scrollHeight;
+        remember(element);
+    };
+    chat.scrollToUnread = () => {
+        const element = list();
+        const divider = document.getElementById("first-unread");
+        if (!element || !divider) return;
+        divider.scrollIntoView({block: "center"});
+        // Noted at once: a render before the scroll event would otherwise
+        // see the list still "at its end" and keep it there.
         remember(element);
     };
     const restore = () => {
@@ -186,6 +197,23 @@ class ScrollToNewest(rx.Fragment):
         source = f"""
 useEffect(() => {{
     if (window.kiloChat) window.kiloChat.scrollToEnd();
+}}, [{counter}]);"""
+        return [rx.Var(_js_expr=source, _var_data=counter._get_all_var_data())]
+
+
+class ScrollToUnread(rx.Fragment):
+    """Renders nothing; scrolls the "new messages" divider into view when ``ChatState.scroll_to_unread`` changes."""
+
+    def add_imports(self) -> dict[str, str]:
+        """Import ``useEffect``."""
+        return {"react": "useEffect"}
+
+    def add_hooks(self) -> list[str | rx.Var]:
+        """Return the effect that scrolls after each change of the counter."""
+        counter = ChatState.scroll_to_unread
+        source = f"""
+useEffect(() => {{
+    if ({counter} > 0 && window.kiloChat) window.kiloChat.scrollToUnread();
 }}, [{counter}]);"""
         return [rx.Var(_js_expr=source, _var_data=counter._get_all_var_data())]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -320,6 +321,54 @@ def test_unread_divider_and_jumps(ui_app, browser):
         context.close()
 
 
+def divider_in_view(page) -> bool:
+    return page.evaluate("""() => {
+        const divider = document.getElementById("first-unread");
+        if (!divider) return false;
+        const box = divider.getBoundingClientRect();
+        const list = document.getElementById("message-list").getBoundingClientRect();
+        return box.top >= list.top && box.bottom <= list.bottom;
+    }""")
+
+
+def test_jump_to_unread_loads_its_page(ui_app, browser):
+    # 300 messages, 160 of them unread: the first unread is pages away from the newest.
+    room = make_room(ui_app)
+    now = datetime.datetime.now(UTC)
+    insert_messages(ui_app, room.conversation_id, [
+        (room.writer_id, f"item {n + 1}", now - datetime.timedelta(minutes=300 - n))
+        for n in range(300)
+    ])
+    with Session(ui_app.engine) as session:
+        read_state.advance_read_position(session, room.conversation_id, room.reader_id, 140,
+                                         now=now)
+        session.commit()
+    context, page = open_page(ui_app, browser, room)
+    rows = page.locator(".message")
+    try:
+        # The conversation opens at its newest page, without the divider.
+        page.locator(".message-text", has_text="item 300").wait_for()
+        assert page.locator("#first-unread").count() == 0
+
+        page.locator("#jump-to-unread").click()
+        page.locator("#first-unread").wait_for()
+        assert page.locator(".message:has(#first-unread)").get_attribute("data-seq") == "141"
+        wait_for(lambda: divider_in_view(page), message="the divider scrolled into view")
+        # Pages near the divider may load as well, within the window's limit.
+        assert rows.count() <= MAX_LOADED_MESSAGES
+        assert page.locator(".message-text", has_text="item 300").count() == 0
+
+        # "Newest" goes back to the end of the conversation.
+        page.locator("#jump-to-newest").click()
+        page.locator(".message-text", has_text="item 300").wait_for()
+        wait_for(lambda: at_bottom(page), message="the list back at its end")
+    except Exception:
+        print(ui_app.app.log_tail(80))
+        raise
+    finally:
+        context.close()
+
+
 def first_visible(page) -> tuple[str, float]:
     return tuple(page.evaluate("""() => {
         const list = document.getElementById("message-list");
@@ -530,6 +579,45 @@ def test_edit_delete_and_typing_live(ui_app, browser):
     finally:
         reader_context.close()
         writer_context.close()
+
+
+def test_remove_member_and_leave_live(ui_app, browser):
+    room = make_room(ui_app, "Alpha", extra_titles=("Beta",))
+    owner_context, owner_page = open_page(ui_app, browser, room)
+    member_context, member_page = open_as(ui_app, browser, room.writer)
+    member_badge = f"#members .member[data-user='{room.writer_id}']"
+    try:
+        owner_page.locator(member_badge).wait_for()
+        # Only the instance owner sees the remove buttons, and never on their own badge.
+        assert member_page.locator(".remove-member").count() == 0
+        assert owner_page.locator(
+            f"#members .member[data-user='{room.reader_id}'] .remove-member").count() == 0
+
+        member_page.locator(".conversation-item[data-title='Alpha']").click()
+        member_page.locator("#conversation-title", has_text="Alpha").wait_for()
+        owner_page.locator(".conversation-item[data-title='Alpha']").click()
+        owner_page.locator("#conversation-title", has_text="Alpha").wait_for()
+        owner_page.get_by_label(re.compile("Remove .* from this conversation")).click()
+
+        # The owner's list loses the member; the member's sidebar loses Alpha, with a notice.
+        owner_page.locator(member_badge).wait_for(state="detached")
+        member_page.locator(".conversation-item[data-title='Alpha']").wait_for(state="detached")
+        member_page.locator("#info-message", has_text="no longer a member of Alpha").wait_for()
+
+        # The member leaves Beta themselves.
+        member_page.locator(".conversation-item[data-title='Beta']").click()
+        member_page.locator("#conversation-title", has_text="Beta").wait_for()
+        member_page.locator("#leave-conversation").click()
+        member_page.locator(".conversation-item[data-title='Beta']").wait_for(state="detached")
+        with Session(ui_app.engine) as session:
+            members = {m.id for m in service.list_members(session, room.conversation_id)}
+        assert members == {room.reader_id}
+    except Exception:
+        print(ui_app.app.log_tail(80))
+        raise
+    finally:
+        owner_context.close()
+        member_context.close()
 
 
 @pytest.mark.parametrize("color_scheme", ["light", "dark"])
