@@ -14,7 +14,7 @@ connection, so that joins and leaves are decided for the whole cluster:
     sorted set of ``{node}|{connection}|{user}`` entries of connections that
     hold the context now, scored like the user entries. A connection leaves
     it at once when it releases the context, while its user entry waits out
-    the grace period, so this set tells who is looking at a conversation
+    the grace period, so this set lists who is looking at a conversation
     right now.
 ``{prefix}presence:node:{node}``
     set of the contexts where the node has written entries, so a restarted

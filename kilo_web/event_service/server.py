@@ -263,7 +263,7 @@ class EventServiceServer:
             compression=self._compression,
             create_connection=_Connection,
             # The transport pauses writing past this many unsent bytes, which
-            # tells the server that the client stopped reading (see _overflow).
+            # signals that the client stopped reading (see _overflow).
             write_limit=self._max_buffered,
         )
         logger.info("event service listening on %s", self.url)

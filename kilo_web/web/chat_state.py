@@ -1082,7 +1082,7 @@ async def _on_conversation_added(state: ChatState, events: list[Event]) -> None:
 
 
 def _on_conversation_removed(state: ChatState, events: list[Event]) -> None:
-    # This user left or was removed: drop the conversation and say so if it was open.
+    # This user left or was removed: drop the conversation, with a notice if it was open.
     removed = [event.data.get("conversationId") for event in events
                if event.context == state.user_context]
     titles = {c["id"]: c["title"] for c in state.conversations}

@@ -7,11 +7,13 @@ import functools
 import secrets
 import threading
 import time
-from collections.abc import Callable
+import dataclasses
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import bcrypt
 import pytest
+import pytest_asyncio
 import uvicorn
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
@@ -23,6 +25,8 @@ from sqlmodel import Session, SQLModel
 from kilo_web.chat import service
 from kilo_web.chat.api import create_api
 from kilo_web.chat.models import Conversation, Instance, UserProfile
+from kilo_web.event_service import EventServiceServer
+from kilo_web.event_service.embedded import get_backplane, server_from_settings
 from kilo_web.settings import Settings
 from tests.helpers import free_port
 
@@ -183,3 +187,32 @@ def login_session(session, local_user_id: int, *, expires_in: dt.timedelta) -> s
 def auth_headers(session, profile) -> dict[str, str]:
     session_id = login_session(session, profile.local_user_id, expires_in=dt.timedelta(days=1))
     return {"Authorization": f"Bearer {session_id}"}
+
+
+@pytest_asyncio.fixture
+async def stack(settings, session, people, instance, conversation) -> AsyncIterator["ChatStack"]:
+    """The API and the event service on loopback, with alice, bob and "General".
+
+    Both run in the test's event loop and share the process backplane, as
+    in the Reflex backend.
+    """
+    # Imported here: the bots' conftest imports this module.
+    from tests.bots.conftest import ChatStack, start_api, stop_api
+
+    settings = dataclasses.replace(settings, reconnect_min_seconds=0.02,
+                                   reconnect_max_seconds=0.2, presence_grace_seconds=0.1)
+    event_service: EventServiceServer = server_from_settings(
+        settings, backplane=get_backplane(), host="127.0.0.1", port=0
+    )
+    await event_service.start()
+    settings = dataclasses.replace(settings, event_service_url=event_service.url)
+    server, task, api_url = await start_api(settings)
+    try:
+        yield ChatStack(
+            settings=settings, api_url=api_url, event_service=event_service, session=session,
+            alice=people.alice, bot=people.bot, instance=instance, conversation=conversation,
+            api_key="", alice_headers=auth_headers(session, people.alice),
+        )
+    finally:
+        await stop_api(server, task)
+        await event_service.close()

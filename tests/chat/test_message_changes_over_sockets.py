@@ -6,40 +6,15 @@ and share the process backplane, as in the Reflex backend.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest_asyncio
 
-from kilo_web.event_service import EventServiceServer
 from kilo_web.event_service.client import SUBSCRIBED
-from kilo_web.event_service.embedded import get_backplane, server_from_settings
-from tests.bots.conftest import ChatStack, Inbox, start_api, stop_api
+from tests.bots.conftest import ChatStack, Inbox
 from tests.chat.conftest import auth_headers
-
-
-@pytest_asyncio.fixture
-async def stack(settings, session, people, instance, conversation) -> AsyncIterator[ChatStack]:
-    """The API and the event service on loopback, with alice, bob and "General"."""
-    settings = dataclasses.replace(settings, reconnect_min_seconds=0.02,
-                                   reconnect_max_seconds=0.2, presence_grace_seconds=0.1)
-    event_service: EventServiceServer = server_from_settings(
-        settings, backplane=get_backplane(), host="127.0.0.1", port=0
-    )
-    await event_service.start()
-    settings = dataclasses.replace(settings, event_service_url=event_service.url)
-    server, task, api_url = await start_api(settings)
-    try:
-        yield ChatStack(
-            settings=settings, api_url=api_url, event_service=event_service, session=session,
-            alice=people.alice, bot=people.bot, instance=instance, conversation=conversation,
-            api_key="", alice_headers=auth_headers(session, people.alice),
-        )
-    finally:
-        await stop_api(server, task)
-        await event_service.close()
 
 
 @pytest_asyncio.fixture

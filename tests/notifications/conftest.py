@@ -28,6 +28,7 @@ from kilo_web.notifications.accounting import bucket_counts, device_badge
 from kilo_web.notifications.dispatcher import PushDispatcher
 from kilo_web.notifications.expo import ExpoTransport
 from kilo_web.notifications.models import DeviceKind
+from kilo_web.notifications.service import NotificationService
 from kilo_web.notifications.vapid import ensure_vapid_key
 from kilo_web.notifications.webpush import WebPushTransport
 from tests.notifications.push_servers import ExpoServer, WebPushServer
@@ -306,3 +307,17 @@ def postgres_url() -> Iterator[str]:
         with admin_engine.connect() as connection:
             connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
         admin_engine.dispose()
+
+
+@pytest.fixture
+def notifications(session_factory, publisher, expo_transport, webpush_transport):
+    """A notifications service on the loopback push servers that tries each push once."""
+    return NotificationService(
+        session_factory=session_factory,
+        transports={DeviceKind.EXPO: expo_transport, DeviceKind.WEBPUSH: webpush_transport},
+        window=TTL,
+        publisher=publisher,
+        max_attempts=1,
+        retry_base_seconds=0.0,
+        receipt_delay=datetime.timedelta(0),
+    )

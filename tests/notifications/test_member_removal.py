@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import datetime
-
-import pytest
-
 from kilo_web.chat import service
 from kilo_web.event_service.contexts import user_context
 from kilo_web.notifications.devices import register_expo_device
-from kilo_web.notifications.models import DeviceKind
-from kilo_web.notifications.service import NotificationService
 from tests.notifications.conftest import (
     TTL,
     RecordingPublisher,
@@ -20,19 +14,6 @@ from tests.notifications.conftest import (
     post,
 )
 from tests.notifications.push_servers import Fault
-
-
-@pytest.fixture
-def notifications(session_factory, publisher, expo_transport, webpush_transport):
-    return NotificationService(
-        session_factory=session_factory,
-        transports={DeviceKind.EXPO: expo_transport, DeviceKind.WEBPUSH: webpush_transport},
-        window=TTL,
-        publisher=publisher,
-        max_attempts=1,
-        retry_base_seconds=0.0,
-        receipt_delay=datetime.timedelta(0),
-    )
 
 
 async def _remove(session, world, conversation_id, user_id, removed_by, publisher, notifications):

@@ -7,16 +7,13 @@ dispatch still counts as unread, and its recipients get a count-only push.
 
 from __future__ import annotations
 
-import datetime
-
 import pytest
 import sqlalchemy as sa
 
 from kilo_web.chat import read_state, service
 from kilo_web.chat.content import text_blocks
 from kilo_web.notifications.devices import register_expo_device, register_webpush_device
-from kilo_web.notifications.models import DeviceKind, PushDelivery
-from kilo_web.notifications.service import NotificationService
+from kilo_web.notifications.models import PushDelivery
 from tests.notifications.conftest import (
     TTL,
     RecordingPublisher,
@@ -24,19 +21,6 @@ from tests.notifications.conftest import (
     buckets_of,
     expo_token,
 )
-
-
-@pytest.fixture
-def notifications(session_factory, publisher, expo_transport, webpush_transport):
-    return NotificationService(
-        session_factory=session_factory,
-        transports={DeviceKind.EXPO: expo_transport, DeviceKind.WEBPUSH: webpush_transport},
-        window=TTL,
-        publisher=publisher,
-        max_attempts=1,
-        retry_base_seconds=0.0,
-        receipt_delay=datetime.timedelta(0),
-    )
 
 
 @pytest.fixture
