@@ -914,7 +914,7 @@ class EventServiceServer:
         _, frame = stream.append(
             lambda seq: protocol.encode_event(diff.context, diff.event, {"userId": diff.user_id}, seq)
         )
-        sessions = (self._sessions[i] for i in sorted(self._table.holders(diff.context)))
+        sessions = (self._sessions[i] for i in self._table.holders(diff.context))
         broadcast([
             s.connection for s in sessions
             if not s.slow and self._may_see(s, diff.context, diff.user_id)
