@@ -30,7 +30,7 @@ from typing import Any
 
 import psutil
 
-from bench.fanout import CONTEXT, RECEIVER_AGENT, _collect, _connect, _reset, _split
+from bench.fanout import RECEIVER_AGENT, _connect, _split, paced_run, timed_burst, warm_up
 from bench.measure import CpuWindow, bound_by, latency_summary_ms
 from bench.servers import SERVER_AGENTS
 from bench.workers import Worker, stop_all
@@ -175,32 +175,16 @@ def _measured(setup: _Setup, redis: ExternalProcess | None) -> list[Any]:
     return [*setup.servers, *setup.receivers, *extra]
 
 
-def _warm_up(setup: _Setup) -> None:
-    events = 20
-    _reset(setup.receivers, events)
-    setup.publisher.call("publish_burst", context=CONTEXT, count=events, size=256)
-    _collect(setup.receivers, timeout=60)
-
-
 def measure_throughput(plan: BackplanePlan, setup: _Setup, subscribers: int,
                        redis: ExternalProcess | None) -> dict[str, Any]:
     """Publish one burst on node A and measure the rate at which every node delivered it."""
     burst = max(20, plan.deliveries_per_burst // subscribers)
-    _reset(setup.receivers, burst)
-    with CpuWindow(_measured(setup, redis)) as window:
-        published = setup.publisher.call("publish_burst", context=CONTEXT, count=burst,
-                                         size=plan.size, timeout=600)
-        results = _collect(setup.receivers, timeout=600)
-    delivered = sum(result["count"] for result in results)
-    last_ns = max(result["last_ns"] for result in results)
-    elapsed = (last_ns - published["start_ns"]) / 1e9
+    figures, window = timed_burst(setup.publisher, setup.receivers, _measured(setup, redis),
+                                  count=burst, size=plan.size)
     return {
-        "events": burst,
-        "delivered": delivered,
+        **figures,
         "expected": burst * subscribers,
-        "seconds": elapsed,
-        "deliveries_per_second": delivered / elapsed if elapsed > 0 else 0.0,
-        **_cpu_fields(window, setup, redis, delivered),
+        **_cpu_fields(window, setup, redis, figures["delivered"]),
     }
 
 
@@ -208,26 +192,16 @@ def measure_latency(plan: BackplanePlan, setup: _Setup, subscribers: int,
                     redis: ExternalProcess | None) -> dict[str, Any]:
     """Publish on node A at a light load and summarise the probes' latencies node by node."""
     rate = max(1.0, plan.latency_deliveries_per_second / subscribers)
-    count = max(1, int(rate * plan.latency_seconds))
-    _reset(setup.receivers, count)
-    with CpuWindow(_measured(setup, redis)) as window:
-        paced = setup.publisher.call("publish_paced", context=CONTEXT, rate=rate,
-                                     seconds=plan.latency_seconds, size=plan.size,
-                                     timeout=plan.latency_seconds + 120)
-        results = _collect(setup.receivers, timeout=60)
+    figures, results, window = paced_run(setup.publisher, setup.receivers,
+                                         _measured(setup, redis), rate=rate,
+                                         seconds=plan.latency_seconds, size=plan.size)
     by_worker = dict(zip([worker.name for worker in setup.receivers], results, strict=True))
-    per_node = [
-        latency_summary_ms(by_worker[node.probe.name]["latencies_ns"]) for node in setup.nodes
-    ]
-    delivered = sum(result["count"] for result in results)
     return {
-        "events_per_second": rate,
-        "events": paced["published"],
-        "delivered": delivered,
-        "expected": paced["published"] * subscribers,
-        "publisher_max_lag_ms": paced["max_lag_seconds"] * 1e3,
-        "nodes": per_node,
-        **_cpu_fields(window, setup, redis, delivered),
+        **figures,
+        "expected": figures["events"] * subscribers,
+        "nodes": [latency_summary_ms(by_worker[node.probe.name]["latencies_ns"])
+                  for node in setup.nodes],
+        **_cpu_fields(window, setup, redis, figures["delivered"]),
     }
 
 
@@ -257,7 +231,7 @@ def run(plan: BackplanePlan, secret: str) -> dict[str, Any]:
                 for index, (name, nodes, uses_redis) in enumerate(SETUPS)
             ]
             for setup in setups:
-                _warm_up(setup)
+                warm_up(setup.publisher, setup.receivers, plan.size)
             bursts: dict[str, list[dict[str, Any]]] = {setup.name: [] for setup in setups}
             for _ in range(plan.repeats):
                 for setup in setups:

@@ -137,11 +137,57 @@ def _start_group(plan: FanoutPlan, server_name: str, secret: str, subscribers: i
     return _Group(server_name, server, [*counting, probe])
 
 
-def _warm_up(group: _Group, size: int) -> None:
+def warm_up(publisher: Worker, receivers: list[Worker], size: int) -> None:
+    """Publish a few events that are not measured and wait until every receiver has them."""
     events = 20
-    _reset(group.receivers, events)
-    group.server.call("publish_burst", context=CONTEXT, count=events, size=size)
-    _collect(group.receivers, timeout=60)
+    _reset(receivers, events)
+    publisher.call("publish_burst", context=CONTEXT, count=events, size=size)
+    _collect(receivers, timeout=60)
+
+
+def timed_burst(publisher: Worker, receivers: list[Worker], measured: list[Any], *,
+                count: int, size: int) -> tuple[dict[str, Any], CpuWindow]:
+    """Publish ``count`` events back to back and time their delivery to every receiver.
+
+    Returns the figures and the CPU window of ``measured`` over the burst.
+    """
+    _reset(receivers, count)
+    with CpuWindow(measured) as window:
+        published = publisher.call("publish_burst", context=CONTEXT, count=count, size=size,
+                                   timeout=600)
+        results = _collect(receivers, timeout=600)
+    delivered = sum(result["count"] for result in results)
+    last_ns = max(result["last_ns"] for result in results)
+    elapsed = (last_ns - published["start_ns"]) / 1e9
+    figures = {
+        "events": count,
+        "delivered": delivered,
+        "seconds": elapsed,
+        "deliveries_per_second": delivered / elapsed if elapsed > 0 else 0.0,
+    }
+    return figures, window
+
+
+def paced_run(publisher: Worker, receivers: list[Worker], measured: list[Any], *,
+              rate: float, seconds: float,
+              size: int) -> tuple[dict[str, Any], list[dict[str, Any]], CpuWindow]:
+    """Publish ``rate`` events a second for ``seconds`` and collect what each receiver saw.
+
+    Returns the figures, each receiver's result (its latencies included) and
+    the CPU window of ``measured``.
+    """
+    _reset(receivers, max(1, int(rate * seconds)))
+    with CpuWindow(measured) as window:
+        paced = publisher.call("publish_paced", context=CONTEXT, rate=rate, seconds=seconds,
+                               size=size, timeout=seconds + 120)
+        results = _collect(receivers, timeout=60)
+    figures = {
+        "events_per_second": rate,
+        "events": paced["published"],
+        "delivered": sum(result["count"] for result in results),
+        "publisher_max_lag_ms": paced["max_lag_seconds"] * 1e3,
+    }
+    return figures, results, window
 
 
 def measure_throughput(plan: FanoutPlan, group: _Group, subscribers: int,
@@ -150,21 +196,12 @@ def measure_throughput(plan: FanoutPlan, group: _Group, subscribers: int,
     server, receivers = group.server, group.receivers
     scale = plan.burst_scale.get(group.name, 1.0)
     burst = max(20, int(plan.deliveries_per_burst * scale) // subscribers)
-    _reset(receivers, burst)
-    with CpuWindow([server, *receivers]) as window:
-        published = server.call("publish_burst", context=CONTEXT, count=burst, size=size,
-                                timeout=600)
-        results = _collect(receivers, timeout=600)
-    delivered = sum(result["count"] for result in results)
-    last_ns = max(result["last_ns"] for result in results)
-    elapsed = (last_ns - published["start_ns"]) / 1e9
+    figures, window = timed_burst(server, receivers, [server, *receivers], count=burst,
+                                  size=size)
     return {
-        "events": burst,
-        "delivered": delivered,
+        **figures,
         "expected": burst * subscribers,
-        "seconds": elapsed,
-        "deliveries_per_second": delivered / elapsed if elapsed > 0 else 0.0,
-        **_cpu_fields(window, server, receivers, delivered),
+        **_cpu_fields(window, server, receivers, figures["delivered"]),
     }
 
 
@@ -172,23 +209,14 @@ def measure_latency(plan: FanoutPlan, group: _Group, subscribers: int, size: int
     """Publish at the plan's light, fixed load and summarise the probes' latencies."""
     server, receivers = group.server, group.receivers
     rate = max(1.0, plan.latency_deliveries_per_second / subscribers)
-    count = max(1, int(rate * plan.latency_seconds))
-    _reset(receivers, count)
-    with CpuWindow([server, *receivers]) as window:
-        paced = server.call("publish_paced", context=CONTEXT, rate=rate,
-                            seconds=plan.latency_seconds, size=size,
-                            timeout=plan.latency_seconds + 120)
-        results = _collect(receivers, timeout=60)
+    figures, results, window = paced_run(server, receivers, [server, *receivers], rate=rate,
+                                         seconds=plan.latency_seconds, size=size)
     latencies = [value for result in results for value in result["latencies_ns"]]
-    delivered = sum(result["count"] for result in results)
     return {
-        "events_per_second": rate,
-        "events": paced["published"],
-        "delivered": delivered,
-        "expected": paced["published"] * subscribers,
-        "publisher_max_lag_ms": paced["max_lag_seconds"] * 1e3,
+        **figures,
+        "expected": figures["events"] * subscribers,
         **latency_summary_ms(latencies),
-        **_cpu_fields(window, server, receivers, delivered),
+        **_cpu_fields(window, server, receivers, figures["delivered"]),
     }
 
 
@@ -209,7 +237,7 @@ def run(plan: FanoutPlan, secret: str) -> list[dict[str, Any]]:
             for size in plan.sizes:
                 bursts: dict[str, list[dict[str, Any]]] = {group.name: [] for group in groups}
                 for group in groups:
-                    _warm_up(group, size)
+                    warm_up(group.server, group.receivers, size)
                 for _ in range(plan.repeats):
                     for group in groups:
                         bursts[group.name].append(
