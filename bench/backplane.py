@@ -16,7 +16,7 @@ Throughput is a burst of events published back to back, divided by the time
 until the last subscriber on any node had all of them. Latency is measured
 at a light load on probe connections on every node and reported per node.
 The CPU of every node, of the load generators and of the Redis server is
-recorded; the Redis server is found by the ``process_id`` it reports, so
+recorded. The Redis server is found by the ``process_id`` it reports, so
 its CPU is known only when it runs on this machine.
 """
 

@@ -214,7 +214,7 @@ class ClusterPresence:
         return [_text(u) for u in await self._client.zrangebyscore(self._users_key(context), now, "+inf")]
 
     async def viewers(self, context: str) -> set[str]:
-        """Return the users with a connection that holds ``context`` now, grace not included."""
+        """Return the users with a connection subscribed to ``context`` now, grace excluded."""
         seconds, microseconds = await self._client.time()
         now = seconds + microseconds / 1e6
         entries = await self._client.zrangebyscore(self._open_key(context), now, "+inf")

@@ -409,7 +409,7 @@ class EventServiceServer:
         return self._presence.users(context)
 
     def viewing_users(self, context: str) -> list[str]:
-        """Return the users with a connection that holds a presence context now.
+        """Return the users with a connection subscribed to a presence context now.
 
         Unlike ``present_users`` this leaves out users in their grace period:
         someone who switched conversations a moment ago is not looking at it.

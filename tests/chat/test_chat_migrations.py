@@ -148,6 +148,19 @@ def test_foreign_keys_are_enforced(engine):
     assert enabled == 1
 
 
+def test_sqlite_file_uses_write_ahead_log(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'kilo.db'}")
+    try:
+        with engine.connect() as connection:
+            mode = connection.execute(sa.text("PRAGMA journal_mode")).scalar()
+            synchronous = connection.execute(sa.text("PRAGMA synchronous")).scalar()
+    finally:
+        engine.dispose()
+
+    assert mode == "wal"
+    assert synchronous == 2  # FULL: a commit survives a power loss.
+
+
 def test_migrations_run_with_foreign_keys_off(tmp_path):
     # Batch migrations rebuild SQLite tables; with foreign keys on, dropping the
     # old copy would cascade deletes into the tables that refer to it.

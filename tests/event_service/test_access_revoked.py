@@ -126,7 +126,7 @@ async def test_revocation_while_disconnected_keeps_others(server, authorizer, ma
     old = max(server.connection_ids("u1"))
     await server.disconnect("u1")
     await eventually(lambda: not server.connection_ids("u1"), message="the disconnect")
-    await _revoke(server, authorizer)  # No connection of u1 is open to be told.
+    await _revoke(server, authorizer)  # No connection of u1 is open to receive it.
     tokens.gate.set()
     await eventually(lambda: OTHER in server.subscriptions_of("u1"), message="the retry")
     await server.publish(OTHER, "message.created", {"n": 1})

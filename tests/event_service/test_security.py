@@ -129,7 +129,7 @@ async def test_forbidden_error_says_what_would_allow_it(server, authorizer, cont
     assert hint in reply["message"]
 
 
-async def test_session_token_at_handshake_points_to_the_token_endpoint(server):
+async def test_handshake_non_jwt_names_token_endpoint(server):
     with pytest.raises(InvalidStatus) as caught:
         async with connect(server.url, additional_headers={
                 "Authorization": "Bearer kilo_bot_0123456789abcdef_" + "s" * 43}):
